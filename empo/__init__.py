@@ -1,0 +1,1 @@
+"""EmPO: theory-driven preference data and training for empathetic response generation."""

@@ -1,0 +1,30 @@
+"""`empo config show|validate`: print or check a resolved experiment config."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from empo.commands.common import add_config_args, load_experiment
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("config", help="show or validate an experiment config")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the resolved YAML and its hash")
+    add_config_args(show)
+    show.set_defaults(handler=_show)
+    validate = actions.add_parser("validate", help="exit 0 if the config is valid, 2 if not")
+    add_config_args(validate)
+    validate.set_defaults(handler=_validate)
+
+
+def _show(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args, ensure_assets=False)
+    sys.stdout.write(f"# config hash: {cfg.config_hash()}\n{cfg.to_yaml()}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args, ensure_assets=False)
+    print(f"{args.config}: valid (hash {cfg.config_hash()})")
+    return 0

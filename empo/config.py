@@ -1,0 +1,498 @@
+"""Typed experiment config: YAML + dotted overrides -> validated `ExperimentConfig` + stable hash.
+
+Sections mirror the paper's setup (DESIGN §2). Every field has the paper's value as its default
+where the paper states one. Only the standard library and PyYAML are imported here, so the CLI and
+the launcher stay instant on a login node.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from empo.errors import ConfigError
+
+SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
+
+
+@dataclass
+class ModelConfig:
+    """The base model.
+
+    name_or_path: Hub id or local directory of the base causal LM (paper: zephyr-7b-sft-full).
+    dtype: bfloat16 | float16 | float32 — weights and training precision (paper: bf16).
+    attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2).
+    chat_template: None = the tokenizer's own template; else a .jinja path to use instead.
+    architecture: a transformers config JSON used by `empo plan` without loading weights.
+    """
+
+    name_or_path: str = "alignment-handbook/zephyr-7b-sft-full"
+    dtype: str = "bfloat16"
+    attn_implementation: str = "sdpa"
+    chat_template: str | None = None
+    architecture: str | None = "configs/models/mistral-7b.json"
+
+
+@dataclass
+class DataConfig:
+    """EmpatheticDialogues and the theory-driven preference pairs.
+
+    source: raw ED CSV directory (train/valid/test.csv) or a Hub dataset id in message form.
+    train_split / eval_split: splits used for training and for generation + metrics.
+    system_prompt: optional system message put before every prompt (paper: none).
+    emotion_table: TSV of emotion -> opposite (paper Table 2 by default).
+    sampling: balanced (without replacement, cycling the opposite group) | uniform.
+    max_eval_examples: evaluate on the first N eval dialogues only (None = all).
+    """
+
+    source: str = "Estwld/empathetic_dialogues_llm"
+    train_split: str = "train"
+    eval_split: str = "test"
+    system_prompt: str | None = None
+    emotion_table: str = "configs/emotions/plutchik.tsv"
+    sampling: str = "balanced"
+    max_eval_examples: int | None = None
+
+
+@dataclass
+class LoraConfig:
+    """peft LoraConfig fields (paper: r=1024, alpha=256 — large rank, alpha ≈ r/4)."""
+
+    r: int = 1024
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(SEVEN_PROJECTIONS))
+    bias: str = "none"
+    use_rslora: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Fields shared by the SFT and DPO stages, passed to trl's SFTConfig / DPOConfig.
+
+    global_batch_size: effective batch; accumulation = global / (per_device × world size) (paper: 64).
+    deepspeed: none | zero2 | zero2_offload | zero3 (configs/deepspeed/<name>.json) | a JSON path.
+    save_steps: checkpoint every N optimizer steps; a rerun resumes from the last checkpoint.
+    trainer_args: any other trl config field, passed verbatim and checked against trl at stage start.
+    """
+
+    learning_rate: float = 1e-5
+    num_train_epochs: int = 1
+    global_batch_size: int = 64
+    per_device_train_batch_size: int = 4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    max_length: int = 1024
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    logging_steps: int = 10
+    save_steps: int = 100
+    save_total_limit: int = 2
+    deepspeed: str = "zero2"
+    trainer_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning on whole dialogues, loss on listener turns (paper: 1 epoch, lr 1e-5)."""
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO on the theory-driven preference pairs, one fresh rejected draw per epoch.
+
+    beta: DPO temperature (paper: 0.025; beta ≫ 0.05 over-fits).
+    loss_type: trl loss (sigmoid = DPO; also ipo, hinge, robust, ...).
+    reference: adapter_copy (trl's frozen copy of the SFT adapter) | merged (SFT merged into base).
+    """
+
+    num_train_epochs: int = 3
+    beta: float = 0.025
+    loss_type: str = "sigmoid"
+    reference: str = "adapter_copy"
+
+
+@dataclass
+class GenerationConfig:
+    """Response generation for the eval split (greedy by default)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+    backend: str = "transformers"
+
+
+@dataclass
+class EpitomeConfig:
+    """diff-EPITOME: directory with finetuned_{ER,EX,IP}.pth and the RoBERTa encoder/tokenizer."""
+
+    checkpoints: str | None = None
+    encoder: str = "roberta-base"
+    tokenizer: str = "roberta-base"
+    padding: str = "none"
+    batch_size: int = 32
+
+
+@dataclass
+class BertScoreConfig:
+    """BERTScore F1 of prediction vs reference (default roberta-large, bert-score's layer)."""
+
+    model: str = "roberta-large"
+    num_layers: int | None = None
+    batch_size: int = 64
+    rescale_with_baseline: bool = False
+
+
+@dataclass
+class MMLUConfig:
+    """MMLU through lm-evaluation-harness (paper: 5-shot)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["mmlu"])
+    num_fewshot: int = 5
+    include_path: str | None = None
+    batch_size: int = 8
+    limit: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of each variant: generation, then the metrics listed in `metrics`."""
+
+    metrics: list[str] = field(default_factory=lambda: ["epitome", "bertscore", "mmlu"])
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    epitome: EpitomeConfig = field(default_factory=EpitomeConfig)
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
+    mmlu: MMLUConfig = field(default_factory=MMLUConfig)
+
+
+@dataclass
+class ContainerConfig:
+    """Container runtime for cluster jobs: none | apptainer | pyxis | podman | charliecloud."""
+
+    runtime: str = "none"
+    image: str | None = None
+    binds: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how stages run. `profile` names a configs/cluster/*.yaml merged under these keys.
+
+    time: minutes per stage (sft, dpo, eval, aggregate). gpu_memory_gb feeds `empo plan`'s verdict.
+    """
+
+    executor: str = "local"
+    profile: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 8
+    gpu_memory_gb: float = 80.0
+    time: dict[str, int] = field(
+        default_factory=lambda: {"sft": 60, "dpo": 60, "eval": 60, "aggregate": 10}
+    )
+    max_requeues: int = 3
+    slurm_extra: dict[str, Any] = field(default_factory=dict)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+
+
+@dataclass
+class SweepConfig:
+    """Grid over dotted keys; each point becomes one variant per entry of `variants`."""
+
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"])
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: the paper's Table 1 by default (4 seeds)."""
+
+    name: str = "table1"
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    results_dir: str = "results"
+    assets: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    root: Path = field(default_factory=Path.cwd, repr=False, compare=False)
+
+    def resolve(self, value: str | Path) -> Path:
+        """A path from the config, absolute; relative ones are taken from the project root."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def experiment_dir(self) -> Path:
+        """results/<name>: the run store of this experiment."""
+        return self.resolve(self.results_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what `config show` prints and runs store)."""
+        data = dataclasses.asdict(self)
+        data.pop("root")
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def config_hash(self) -> str:
+        """Stable 12-hex hash of the resolved config, seeds and cluster placement excluded."""
+        data = {k: v for k, v in self.to_dict().items() if k not in HASH_EXCLUDED}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ExperimentConfig":
+        """A copy with dotted-key values replaced (used by sweeps), validated again."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value, source="override")
+        return from_dict(data, root=self.root)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "root"}
+
+
+def _closest(key: str, valid: typing.Iterable[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
+    return f"; did you mean '{prefix}{match[0]}'?" if match else ""
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    """Check `value` against a type hint, converting ints to floats where a float is expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _build(hint, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(k): _convert(v, item, f"{path}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-5 as a string
+        except ValueError:
+            pass
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    fields = _field_types(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{path}'"
+                f"{_closest(str(key), fields, f'{prefix}.' if prefix else '')}"
+            )
+        kwargs[key] = _convert(value, fields[key], path)
+    return cls(**kwargs)
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    """Value checks that types alone cannot express."""
+    checks = [
+        (cfg.lora.r > 0, "lora.r", cfg.lora.r, "must be > 0"),
+        (cfg.lora.lora_alpha > 0, "lora.lora_alpha", cfg.lora.lora_alpha, "must be > 0"),
+        (bool(cfg.seeds), "seeds", cfg.seeds, "must list at least one seed"),
+        (len(set(cfg.seeds)) == len(cfg.seeds), "seeds", cfg.seeds, "must not repeat"),
+        (cfg.data.sampling in ("balanced", "uniform"), "data.sampling", cfg.data.sampling,
+         "must be balanced or uniform"),
+        (cfg.model.dtype in ("bfloat16", "float16", "float32"), "model.dtype", cfg.model.dtype,
+         "must be bfloat16, float16 or float32"),
+        (cfg.dpo.reference in ("adapter_copy", "merged"), "dpo.reference", cfg.dpo.reference,
+         "must be adapter_copy or merged"),
+        (cfg.eval.epitome.padding in ("none", "max_length"), "eval.epitome.padding",
+         cfg.eval.epitome.padding, "must be none or max_length"),
+        (set(cfg.eval.metrics) <= {"epitome", "bertscore", "mmlu"}, "eval.metrics",
+         cfg.eval.metrics, "allowed: epitome, bertscore, mmlu"),
+        (set(cfg.sweep.variants) <= {"sft", "sft_dpo"}, "sweep.variants", cfg.sweep.variants,
+         "allowed: sft, sft_dpo"),
+        (cfg.cluster.executor in ("local", "debug", "slurm"), "cluster.executor",
+         cfg.cluster.executor, "allowed: local, debug, slurm"),
+        (cfg.cluster.container.runtime in ("none", "apptainer", "pyxis", "podman", "charliecloud"),
+         "cluster.container.runtime", cfg.cluster.container.runtime,
+         "allowed: none, apptainer, pyxis, podman, charliecloud"),
+    ]
+    for section in (cfg.sft, cfg.dpo):
+        name = "sft" if section is cfg.sft else "dpo"
+        checks += [
+            (section.global_batch_size > 0, f"{name}.global_batch_size", section.global_batch_size,
+             "must be > 0"),
+            (section.per_device_train_batch_size > 0, f"{name}.per_device_train_batch_size",
+             section.per_device_train_batch_size, "must be > 0"),
+            (section.learning_rate > 0, f"{name}.learning_rate", section.learning_rate,
+             "must be > 0"),
+        ]
+    for ok, key, value, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} {why}")
+    for key in cfg.sweep.grid:
+        _check_dotted_key(key)
+
+
+def _check_dotted_key(key: str) -> None:
+    cls: Any = ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = _field_types(cls)
+        if part not in fields:
+            where = ".".join(parts[: i + 1])
+            near = _closest(part, fields, ".".join(parts[:i]) + "." if i else "")
+            raise ConfigError(f"unknown config key '{where}'{near}")
+        hint = fields[part]
+        if dataclasses.is_dataclass(hint):
+            cls = hint
+        elif i < len(parts) - 1 and typing.get_origin(hint) is not dict:
+            raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' has no sub-keys")
+        else:
+            return
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    _check_dotted_key(key)
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source} '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`lora.r=512` -> ("lora.r", 512); values are YAML (`seeds=[1,2]`, `x=null`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(c.isspace() for c in key):
+        raise ConfigError(f"malformed override '{text}': expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"malformed override '{text}': value is not valid YAML ({err})") from None
+    return key, value
+
+
+def _project_root(config_path: Path) -> Path:
+    """The nearest ancestor holding `configs/`: relative paths in a config are taken from there."""
+    for parent in config_path.resolve().parents:
+        if (parent / "configs").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with errors naming the file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def from_dict(raw: dict[str, Any], root: Path | None = None) -> ExperimentConfig:
+    """Build and validate a config from plain data (merging a cluster profile if one is named)."""
+    raw = copy.deepcopy(raw)
+    root = root or Path.cwd()
+    cluster = raw.get("cluster")
+    if isinstance(cluster, dict) and cluster.get("profile"):
+        profile_path = Path(cluster["profile"]).expanduser()
+        if not profile_path.is_absolute():
+            profile_path = root / profile_path
+        profile = read_yaml(profile_path)
+        profile.pop("profile", None)
+        raw["cluster"] = _deep_merge(profile, cluster)
+    try:
+        cfg = _build(ExperimentConfig, raw, "")
+    except TypeError as err:
+        raise ConfigError(str(err)) from None
+    cfg.root = root
+    _validate(cfg)
+    return cfg
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Load an experiment YAML, apply `key=value` overrides, validate."""
+    path = Path(path)
+    raw = read_yaml(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, source="override")
+    try:
+        return from_dict(raw, root=_project_root(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,1 @@
+"""The run store, the aggregate table and the figures."""

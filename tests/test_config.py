@@ -1,0 +1,117 @@
+"""The experiment config: YAML + dotted overrides -> validated typed object with a stable hash."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from empo.cli import main
+from empo.config import SEVEN_PROJECTIONS, load_config, parse_override
+from empo.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE1 = ROOT / "configs/experiments/table1.yaml"
+SMOKE = ROOT / "configs/experiments/smoke.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    path = tmp_path / "configs" / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_table1_has_the_papers_settings():
+    cfg = load_config(TABLE1)
+    assert cfg.model.name_or_path == "alignment-handbook/zephyr-7b-sft-full"
+    assert (cfg.lora.r, cfg.lora.lora_alpha) == (1024, 256)
+    assert cfg.lora.target_modules == SEVEN_PROJECTIONS
+    assert cfg.sft.learning_rate == 1e-5 and cfg.sft.num_train_epochs == 1
+    assert cfg.sft.lr_scheduler_type == "cosine" and cfg.sft.warmup_ratio == 0.0
+    assert cfg.dpo.beta == 0.025 and cfg.dpo.num_train_epochs == 3 and cfg.dpo.learning_rate == 1e-5
+    assert cfg.sft.global_batch_size == cfg.dpo.global_batch_size == 64
+    assert cfg.seeds == [1, 2, 3, 4]
+    assert cfg.eval.mmlu.num_fewshot == 5
+    assert cfg.cluster.gpus_per_node == 2  # from the a100x2 profile
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(SMOKE, ["lora.r=512", "seeds=[1,2,3]", "dpo.beta=0.1", "data.system_prompt=null"])
+    assert cfg.lora.r == 512 and cfg.seeds == [1, 2, 3] and cfg.dpo.beta == 0.1
+    assert cfg.data.system_prompt is None
+
+
+def test_int_given_for_float_becomes_float():
+    assert isinstance(load_config(SMOKE, ["dpo.beta=1"]).dpo.beta, float)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lora.rr=3", "unknown config key 'lora.rr'; did you mean 'lora.r'?"),
+        ("lorra.r=3", "unknown config key 'lorra'; did you mean 'lora'?"),
+        ("lora.r", "malformed override 'lora.r'"),
+        ("=3", "malformed override '=3'"),
+        ("lora.r=[1", "malformed override 'lora.r=[1'"),
+        ("lora.r=0", "lora.r: 0 must be > 0"),
+        ("lora.lora_alpha=-4", "lora.lora_alpha: -4 must be > 0"),
+        ("lora.r=abc", "lora.r: expected int, got 'abc'"),
+        ("sft.bf16=3", "sft.bf16: expected true/false"),
+        ("data.sampling=greedy", "data.sampling: 'greedy' must be balanced or uniform"),
+        ("lora.r.x=1", "config key 'lora.r' has no sub-keys"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, [override])
+    assert message in str(err.value)
+
+
+def test_unknown_key_in_file_names_path_and_closest(tmp_path):
+    path = write(tmp_path, "name: x\neval:\n  generation:\n    max_new_tokenz: 3\n")
+    with pytest.raises(ConfigError, match=r"eval\.generation\.max_new_tokenz'; did you mean "
+                                          r"'eval\.generation\.max_new_tokens'"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "name: x\nlora:\n  r: [1\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_hash_is_stable_and_ignores_seeds_and_cluster():
+    base = load_config(SMOKE).config_hash()
+    assert base == load_config(SMOKE).config_hash()
+    assert base == load_config(SMOKE, ["seeds=[7]", "cluster.executor=debug"]).config_hash()
+    assert base != load_config(SMOKE, ["lora.r=8"]).config_hash()
+    assert len(base) == 12
+
+
+def test_relative_paths_resolve_from_project_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(SMOKE)
+    assert cfg.resolve(cfg.data.emotion_table) == ROOT / "configs/emotions/plutchik.tsv"
+    assert cfg.experiment_dir == ROOT / "results" / "smoke"
+
+
+def test_with_overrides_revalidates():
+    cfg = load_config(SMOKE)
+    assert cfg.with_overrides({"lora.lora_alpha": 64}).lora.lora_alpha == 64
+    with pytest.raises(ConfigError):
+        cfg.with_overrides({"lora.alpha": 64})
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("seeds=[1, 2]") == ("seeds", [1, 2])
+    assert parse_override("data.system_prompt=Be kind.") == ("data.system_prompt", "Be kind.")
+
+
+def test_cli_show_and_validate(capsys, tmp_path):
+    assert main(["config", "show", str(SMOKE), "lora.r=32"]) == 0
+    out = capsys.readouterr().out
+    assert "# config hash: " in out and "r: 32" in out
+    assert main(["config", "validate", str(SMOKE)]) == 0
+    bad = write(tmp_path, "name: x\nsft:\n  learning_rat: 1\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    assert "did you mean 'sft.learning_rate'" in capsys.readouterr().err
