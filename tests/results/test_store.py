@@ -1,0 +1,69 @@
+"""The run store: atomic writes, markers and the metrics merge other stages rely on."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from empo.errors import EmpoError
+from empo.results import store
+
+
+def test_run_dir_layout(tmp_path):
+    assert store.run_dir(tmp_path, "sft_dpo", 3) == tmp_path / "runs" / "sft_dpo" / "seed-3"
+
+
+def test_markers(tmp_path):
+    assert not store.is_done(tmp_path) and not store.is_done(tmp_path, "generate")
+    store.mark_done(tmp_path, "generate")
+    assert store.is_done(tmp_path, "generate") and not store.is_done(tmp_path)
+    store.mark_done(tmp_path)
+    assert (tmp_path / "DONE").exists() and (tmp_path / "DONE.generate").exists()
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "rows.jsonl"
+
+    def rows():
+        yield {"a": 1}
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        store.atomic_write_jsonl(target, rows())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
+    target = tmp_path / "x.json"
+    store.atomic_write_json(target, {"old": 1})
+    with pytest.raises(TypeError):
+        store.atomic_write_json(target, {"new": object()})
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_missing_output_directory_is_named(tmp_path):
+    with pytest.raises(EmpoError, match="does not exist"):
+        store.atomic_write_text(tmp_path / "nope" / "f.txt", "x")
+
+
+def test_merge_metrics_keeps_other_keys_under_concurrency(tmp_path):
+    path = tmp_path / "metrics.json"
+    store.merge_metrics(path, {"mmlu": 0.5})
+    threads = [threading.Thread(target=store.merge_metrics, args=(path, {f"k{i}": i}))
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    merged = json.loads(path.read_text())
+    assert merged == {"mmlu": 0.5, **{f"k{i}": i for i in range(8)}}
+
+
+def test_merge_metrics_refuses_corrupt_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("{not json")
+    with pytest.raises(EmpoError, match="metrics.json"):
+        store.merge_metrics(path, {"a": 1})
+    assert path.read_text() == "{not json"
