@@ -1,0 +1,226 @@
+"""The aggregate: every run's metrics.json -> mean ± sample SD per variant (table.csv/md/tex).
+
+Reading and arithmetic live here; text formatting in `empo.results.table`, the comparison with the
+paper in `empo.results.compare`. `n` semantics (DESIGN §5 leaves the per-metric count open):
+`n` is the number of seed runs of a variant whose metrics.json was read; `<metric>_n` is how many of
+those report the metric; `missing` lists expected runs without metrics (`seed-3`) and expected
+metrics absent from a run (`mmlu@seed-2`). Expected seeds are the config's seeds (else every seed
+found in the experiment); expected metrics are those the config's `eval.metrics` produce (else every
+core metric found anywhere).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from empo.config import ExperimentConfig, from_dict, read_yaml
+from empo.errors import ConfigError, EmpoError
+from empo.results.store import atomic_write_text
+
+METRICS = ("mmlu", "diff_er", "diff_ex", "diff_ip", "fbert")
+# eval.metrics entry -> the metrics.json keys it produces
+STAGE_METRICS = {"mmlu": ("mmlu",), "epitome": ("diff_er", "diff_ex", "diff_ip"),
+                 "bertscore": ("fbert",)}
+_SEED_DIR = re.compile(r"^seed-(-?\d+)$")
+
+Runs = dict[str, dict[int, dict[str, float]]]  # variant -> seed -> metric -> value
+
+
+@dataclass
+class Stat:
+    """One table cell: mean and sample SD over the runs reporting the metric."""
+
+    mean: float | None
+    sd: float | None
+    n: int
+
+
+@dataclass
+class Row:
+    """One variant of the table."""
+
+    variant: str
+    n: int                                   # runs whose metrics.json was read
+    expected: int                            # seeds expected for the variant
+    stats: dict[str, Stat]
+    missing: list[str] = field(default_factory=list)  # "seed-3", "mmlu@seed-2"
+
+    def incomplete(self, metric: str) -> bool:
+        """True if the metric's cell averages fewer runs than expected because of a flagged gap."""
+        gap = any(m.startswith("seed-") or m.startswith(f"{metric}@") for m in self.missing)
+        return gap and self.stats[metric].n < self.expected
+
+
+# ---------------------------------------------------------------------------- arithmetic (pure)
+
+def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample SD (ddof=1); SD 0 for one value; (None, None) for none."""
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return float(values[0]), 0.0
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def metric_names(runs: Runs) -> list[str]:
+    """The core metrics in paper order, then every extra metric found, sorted."""
+    extras = {k for seeds in runs.values() for m in seeds.values() for k in m} - set(METRICS)
+    return list(METRICS) + sorted(extras)
+
+
+def expected_metrics(cfg: ExperimentConfig | None, runs: Runs) -> list[str]:
+    """Core metrics every run should report: from cfg.eval.metrics, else those found anywhere."""
+    if cfg is not None:
+        return [m for stage in cfg.eval.metrics for m in STAGE_METRICS.get(stage, ())]
+    found = {k for seeds in runs.values() for m in seeds.values() for k in m}
+    return [m for m in METRICS if m in found]
+
+
+def summarize(variant: str, seeds: dict[int, dict[str, float]], expected_seeds: Iterable[int],
+              metrics: Sequence[str], required: Sequence[str]) -> Row:
+    """A table row from one variant's runs (seed -> metrics); flags missing runs and metrics."""
+    expected = sorted(set(expected_seeds) | set(seeds))
+    missing = [f"seed-{s}" for s in expected if s not in seeds]
+    for metric in required:
+        missing += [f"{metric}@seed-{s}" for s in sorted(seeds) if metric not in seeds[s]]
+    stats = {}
+    for metric in metrics:
+        values = [seeds[s][metric] for s in sorted(seeds) if metric in seeds[s]]
+        mean, sd = mean_sd(values)
+        stats[metric] = Stat(mean, sd, len(values))
+    return Row(variant, len(seeds), len(expected), stats, missing)
+
+
+def build_rows(runs: Runs, order: Sequence[str], expected_seeds: Iterable[int],
+               required: Sequence[str]) -> list[Row]:
+    """Rows in table order for every variant in `order` (n=0 rows for variants without runs)."""
+    metrics = metric_names(runs)
+    expected_seeds = list(expected_seeds)
+    return [summarize(v, runs.get(v, {}), expected_seeds, metrics, required) for v in order]
+
+
+# ---------------------------------------------------------------------------- reading the store
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """A run's numeric metrics; EmpoError naming the file if it is not a JSON object of finite
+    numbers for the core metrics (other non-numeric keys are ignored)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise EmpoError(f"{path}: cannot read metrics ({err})") from None
+    except json.JSONDecodeError as err:
+        raise EmpoError(f"{path}: malformed metrics.json ({err})") from None
+    if not isinstance(data, dict):
+        raise EmpoError(f"{path}: malformed metrics.json (expected a JSON object)")
+    metrics = {}
+    for key, value in data.items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and not math.isfinite(value):
+            raise EmpoError(f"{path}: malformed metrics.json ('{key}' is {value})")
+        if numeric:
+            metrics[key] = float(value)
+        elif key in METRICS:
+            raise EmpoError(f"{path}: malformed metrics.json ('{key}' is {value!r}, not a number)")
+    return metrics
+
+
+def collect_runs(experiment_dir: Path, skip_bad: bool = False) -> tuple[Runs, dict[str, set[int]],
+                                                                         list[Path]]:
+    """(variant -> seed -> metrics, variant -> seeds with a run directory, skipped bad files)."""
+    runs_root = Path(experiment_dir) / "runs"
+    if not runs_root.is_dir():
+        raise EmpoError(f"{experiment_dir}: no runs/ directory (expected results/<experiment>)")
+    runs: Runs = {}
+    dirs: dict[str, set[int]] = {}
+    bad: list[Path] = []
+    for variant_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+        for seed_dir in sorted(p for p in variant_dir.iterdir() if p.is_dir()):
+            match = _SEED_DIR.match(seed_dir.name)
+            if not match:
+                continue
+            seed = int(match.group(1))
+            dirs.setdefault(variant_dir.name, set()).add(seed)
+            path = seed_dir / "metrics.json"
+            if not path.exists():
+                continue
+            try:
+                metrics = read_metrics(path)
+            except EmpoError:
+                if not skip_bad:
+                    raise
+                bad.append(path)
+                continue
+            runs.setdefault(variant_dir.name, {})[seed] = metrics
+    return runs, dirs, bad
+
+
+def experiment_config(experiment_dir: Path) -> ExperimentConfig | None:
+    """The resolved config the run store keeps (experiment.yaml), or None if there is none."""
+    path = Path(experiment_dir) / "experiment.yaml"
+    if not path.exists():
+        return None
+    raw = read_yaml(path)
+    cluster = raw.get("cluster")
+    if isinstance(cluster, dict):
+        cluster.pop("profile", None)  # already merged into the resolved config
+    try:
+        return from_dict(raw, root=_project_root(Path(experiment_dir)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _project_root(experiment_dir: Path) -> Path:
+    """The nearest ancestor holding configs/ (relative config paths are taken from there)."""
+    for parent in experiment_dir.resolve().parents:
+        if (parent / "configs").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def load_rows(experiment_dir: Path, cfg: ExperimentConfig | None = None,
+              skip_bad: bool = False) -> tuple[list[Row], Runs]:
+    """Read the run store and summarize it: (rows in table order, the per-seed metrics)."""
+    from empo.results.sweep import variant_order
+
+    cfg = cfg if cfg is not None else experiment_config(experiment_dir)
+    runs, dirs, bad = collect_runs(experiment_dir, skip_bad)
+    for path in bad:
+        print(f"empo: skipped malformed {path}", file=sys.stderr)
+    if not runs:
+        raise EmpoError(f"{experiment_dir}: no readable runs/<variant>/seed-<s>/metrics.json")
+    order = variant_order(cfg, set(dirs) | set(runs))
+    seeds = cfg.seeds if cfg is not None else sorted({s for v in dirs.values() for s in v})
+    return build_rows(runs, order, seeds, expected_metrics(cfg, runs)), runs
+
+
+def aggregate(experiment_dir: Path, cfg: ExperimentConfig | None = None, skip_bad: bool = False,
+              compare: Path | None = None) -> Path:
+    """Write table.csv, table.md, table.tex (and compare.csv/md with `compare`); return table.csv.
+
+    Everything is read and formatted before the first write, and each file is written atomically:
+    an error leaves no new or partial table behind.
+    """
+    from empo.results import table
+
+    experiment_dir = Path(experiment_dir)
+    rows, _ = load_rows(experiment_dir, cfg, skip_bad)
+    outputs = {
+        "table.csv": table.to_csv(rows),
+        "table.md": table.to_markdown(rows),
+        "table.tex": table.to_latex(rows),
+    }
+    if compare is not None:
+        from empo.results.compare import compare_rows, read_table_csv, to_csv, to_markdown
+
+        comparisons = compare_rows(rows, read_table_csv(Path(compare)))
+        outputs["compare.csv"] = to_csv(comparisons)
+        outputs["compare.md"] = to_markdown(comparisons, Path(compare).name)
+    for name, text in outputs.items():
+        atomic_write_text(experiment_dir / name, text)
+    return experiment_dir / "table.csv"

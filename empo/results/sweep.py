@@ -1,0 +1,107 @@
+"""Sweeps: a config's `sweep.grid` (dotted keys -> value lists) expanded into one variant per point.
+
+A point of the grid is one value per key (cartesian product, keys in config order, values in list
+order). Each point becomes one variant per entry of `sweep.variants`, named
+`<variant>@<key>=<value>[,<key>=<value>]` (e.g. `sft@lora.lora_alpha=64`), whose config is the
+experiment's config with the point's values set. Names only label run directories: code that needs
+a point's value takes it from `SweepPoint.overrides`, never by parsing the name.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from empo.config import ExperimentConfig
+from empo.errors import ConfigError, EmpoError
+from empo.results.store import VARIANTS
+
+# Keys a sweep may not vary: they name or shape the experiment itself, not a run.
+_NOT_SWEEPABLE = ("name", "seeds", "results_dir", "sweep")
+
+
+@dataclass
+class SweepPoint:
+    """One variant of a sweep: its run-directory name, the variant trained, the point's values."""
+
+    name: str
+    variant: str
+    overrides: dict[str, Any]
+    config: ExperimentConfig
+
+
+def format_value(value: Any) -> str:
+    """A grid value as written in a variant name: YAML-like scalars (64, 0.025, true, null)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
+            return f"{value:.1f}"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def point_name(variant: str, overrides: dict[str, Any]) -> str:
+    """`<variant>@<key>=<value>[,<key>=<value>]`; refuses values that cannot name a directory."""
+    parts = []
+    for key, value in overrides.items():
+        text = format_value(value)
+        if "/" in text or "\\" in text or "\0" in text or not text.strip():
+            raise ConfigError(
+                f"sweep.grid.{key}: value {value!r} cannot be part of a run directory name "
+                "(no '/', '\\' or empty values)"
+            )
+        parts.append(f"{key}={text}")
+    return f"{variant}@{','.join(parts)}"
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of the grid, keys in their config order; {} -> []."""
+    if not grid:
+        return []
+    for key, values in grid.items():
+        if key.split(".")[0] in _NOT_SWEEPABLE:
+            raise ConfigError(
+                f"sweep.grid.{key}: '{key.split('.')[0]}' cannot be swept "
+                f"(not sweepable: {', '.join(_NOT_SWEEPABLE)})"
+            )
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.grid.{key}: expected a non-empty list of values, "
+                              f"got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def expand_sweep(cfg: ExperimentConfig) -> list[SweepPoint]:
+    """One SweepPoint per grid point and `sweep.variants` entry (points outer, variants inner)."""
+    points: list[SweepPoint] = []
+    seen: set[str] = set()
+    for overrides in grid_points(cfg.sweep.grid):
+        for variant in cfg.sweep.variants:
+            name = point_name(variant, overrides)
+            if name in seen:
+                raise ConfigError(f"sweep.grid: point '{name}' appears twice (a repeated value?)")
+            seen.add(name)
+            try:
+                config = cfg.with_overrides(overrides)
+            except EmpoError as err:
+                raise ConfigError(f"sweep point '{name}': {err}") from None
+            points.append(SweepPoint(name, variant, dict(overrides), config))
+    return points
+
+
+def variant_order(cfg: ExperimentConfig | None, found: list[str] | set[str] = ()) -> list[str]:
+    """Table order: baseline, sft, sft_dpo, then sweep points (config order), then any other found
+    variant sorted. Without a sweep the plain variants are expected; with one, only those found."""
+    found = set(found)
+    points = [p.name for p in expand_sweep(cfg)] if cfg is not None else []
+    plain = [v for v in VARIANTS if v in found or (cfg is not None and not points)]
+    known = set(plain) | set(points)
+    return plain + points + sorted(found - known)
