@@ -41,6 +41,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise EmpoError(f"{path}: output directory {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are shared on a cluster
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -1,0 +1,191 @@
+"""Theory-driven preference pairs (the paper's contribution, DESIGN §3 and paper §3, A.3).
+
+For every eligible dialogue d with emotion e: prompt = the turns before d's target, chosen =
+target(d), rejected = the target of a dialogue d' drawn from the group labelled opposite(e).
+Every epoch holds every eligible dialogue exactly once, with a fresh draw from a generator seeded
+by (seed, epoch). `balanced` draws without replacement, cycling freshly shuffled passes over the
+group (each candidate used at most ceil(n/m) times per epoch for n requesters and m candidates);
+`uniform` draws with replacement. Randomness comes only from the raw 64-bit stream of numpy's
+PCG64 bit generator (stable across numpy versions by numpy's policy), seeded with a SHA-256
+derived integer (never Python's salted hash()), so the same seed gives a byte-identical file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from empo.data.chat import eligible, messages, target_index
+from empo.data.columns import Columns
+from empo.data.ed import Dialogue
+from empo.data.emotions import EmotionTable
+from empo.errors import DataError
+
+SAMPLINGS = ("balanced", "uniform")
+ROW_FIELDS = ("conv_id", "emotion", "epoch", "prompt", "chosen", "rejected", "rejected_conv_id",
+              "rejected_emotion")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 64-bit seed for epoch `epoch` of run seed `seed` (no Python hash())."""
+    digest = hashlib.sha256(f"empo.preference:{int(seed)}:{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def uniform_floats(bits: Any, n: int) -> Any:
+    """`n` floats in [0, 1) from a numpy bit generator's raw 64-bit stream (53 bits each)."""
+    import numpy as np
+
+    return (bits.random_raw(n) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+def draw_candidates(n: int, m: int, bits: Any, sampling: str) -> Any:
+    """`n` draws from a group of `m` candidates, as a numpy array of indices into the group.
+
+    balanced: consecutive random permutations of the group (random keys, argsorted), cut at n;
+    uniform: independent uniform draws.
+    """
+    import numpy as np
+
+    if sampling == "uniform":
+        return np.minimum((uniform_floats(bits, n) * m).astype(np.int64), m - 1)
+    passes = -(-n // m)
+    keys = uniform_floats(bits, passes * m).reshape(passes, m)
+    return np.argsort(keys, axis=1).reshape(-1)[:n]  # 53-bit keys: ties practically never
+
+
+def check_arguments(epochs: int, sampling: str) -> None:
+    """DataError for an epoch count below 1 or an unknown sampling scheme."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise DataError(f"epochs: {epochs!r} must be an integer >= 1")
+    if sampling not in SAMPLINGS:
+        raise DataError(f"sampling: '{sampling}' is not one of {', '.join(SAMPLINGS)}")
+
+
+def rejected_indices(emotions: Sequence[str] | Any, conv_ids: Sequence[str] | Any,
+                     table: EmotionTable, epochs: int, seed: int, sampling: str = "balanced",
+                     where: str = "the split") -> list[Any]:
+    """Per epoch, a numpy array giving for each dialogue the index of its rejected dialogue.
+
+    The inputs (lists or pyarrow string arrays) describe eligible dialogues only. The table is validated against them first
+    (one error listing every label without an opposite and every opposite without dialogues).
+    Requesters of a candidate group are served in their input order and groups are drawn in
+    sorted label order, so the draws depend on nothing but the inputs and (seed, epoch).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    check_arguments(epochs, sampling)
+    if len(emotions) == 0:
+        raise DataError(f"{where}: no eligible dialogue (a dialogue needs at least 2 turns)")
+    if not isinstance(emotions, pa.Array):
+        emotions = pa.array(emotions, type=pa.string())
+    encoded = pc.dictionary_encode(emotions)
+    labels = encoded.dictionary.to_pylist()  # in order of first appearance
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = dict(zip(labels, np.bincount(codes, minlength=len(labels)).tolist()))
+    first = np.full(len(labels), len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    examples = {label: str(conv_ids[i]) for label, i in zip(labels, first.tolist())}
+    table.validate(counts, where, examples)
+    code_of = {label: k for k, label in enumerate(labels)}
+    opposite = np.array([code_of[table.opposite(label)] for label in labels], dtype=np.int64)
+    asking_code = opposite[codes]
+    plan = [(np.flatnonzero(asking_code == k), np.flatnonzero(codes == k))
+            for k in sorted(set(opposite.tolist()), key=labels.__getitem__)]
+    per_epoch = []
+    for epoch in range(epochs):
+        bits = np.random.PCG64(epoch_seed(seed, epoch))
+        rejected = np.full(len(codes), -1, dtype=np.int64)
+        for asking, group in plan:
+            rejected[asking] = group[draw_candidates(len(asking), len(group), bits, sampling)]
+        per_epoch.append(rejected)
+    return per_epoch
+
+
+def iter_preference_pairs(dialogues: Sequence[Dialogue], table: EmotionTable, epochs: int,
+                          seed: int, sampling: str = "balanced",
+                          system_prompt: str | None = None,
+                          where: str = "the split") -> Iterator[dict[str, Any]]:
+    """Rows (fields ROW_FIELDS) epoch by epoch, dialogues in their order; drops < 2-turn ones."""
+    usable = eligible(dialogues)
+    draws = rejected_indices([d.emotion for d in usable], [d.conv_id for d in usable], table,
+                             epochs, seed, sampling, where)
+    targets = [target_index(d) for d in usable]
+    prompts = [messages(d.turns[:t], system_prompt) for d, t in zip(usable, targets)]
+    answers = [[{"role": "assistant", "content": d.turns[t]}] for d, t in zip(usable, targets)]
+    for epoch, rejected in enumerate(draws):
+        for i, r in enumerate(rejected.tolist()):
+            d = usable[i]
+            yield {"conv_id": d.conv_id, "emotion": d.emotion, "epoch": epoch,
+                   "prompt": prompts[i], "chosen": answers[i], "rejected": answers[r],
+                   "rejected_conv_id": usable[r].conv_id, "rejected_emotion": usable[r].emotion}
+
+
+def preference_pairs(dialogues: Sequence[Dialogue], table: EmotionTable, epochs: int, seed: int,
+                     sampling: str = "balanced", system_prompt: str | None = None,
+                     where: str = "the split") -> list[dict[str, Any]]:
+    """All preference rows of `epochs` epochs (see the module docstring for the semantics)."""
+    return list(iter_preference_pairs(dialogues, table, epochs, seed, sampling, system_prompt,
+                                      where))
+
+
+def write_preference_jsonl(path: Path, data: Columns | Sequence[Dialogue], table: EmotionTable,
+                           epochs: int, seed: int, sampling: str = "balanced",
+                           system_prompt: str | None = None, where: str = "the split") -> int:
+    """Write the rows of `preference_pairs` as JSON lines, atomically; returns the row count.
+
+    Byte-identical to json.dumps(row, ensure_ascii=False) per row, but built column-wise (ED
+    scale in ~0.1 s): each dialogue's JSON pieces are made once, and each epoch's lines are
+    joined in pyarrow from them and the epoch's draws.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from empo.data.columns import write_values
+    from empo.results.store import atomic_path
+
+    cols = (data if isinstance(data, Columns) else Columns.from_dialogues(list(data))).eligible()
+    draws = rejected_indices(cols.emotions, cols.conv_ids, table, epochs, seed, sampling, where)
+    heads, bodies, tails = _row_pieces(cols, system_prompt)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as out:
+        for epoch, rejected in enumerate(draws):
+            lines = pc.binary_join_element_wise(heads, str(epoch), bodies,
+                                                pc.take(tails, pa.array(rejected)), "")
+            write_values(out, lines)
+    return len(cols) * epochs
+
+
+def _row_pieces(cols: Columns, system_prompt: str | None) -> tuple[Any, Any, Any]:
+    """Per dialogue, the JSON text of a row before the epoch number (head), between it and the
+    rejected answer (body), and from the rejected answer on when this dialogue is drawn (tail)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from empo.data.columns import json_escape, ranges
+
+    join = pc.binary_join_element_wise
+    text = json_escape(cols.turns)  # every turn once; prompts and answers take from it
+    steps = cols.target_indices()  # = number of prompt turns
+    prompt_turns = ranges(cols.starts, steps)
+    role = (prompt_turns - np.repeat(cols.starts, steps)) % 2
+    openers = pa.array(['{"role": "user", "content": "', '{"role": "assistant", "content": "'])
+    turn_json = join(pc.take(openers, pa.array(role)), pc.take(text, pa.array(prompt_turns)),
+                     '"}', "")
+    offsets = pa.array(np.concatenate(([0], np.cumsum(steps))).astype(np.int32))
+    prompts = pc.binary_join(pa.ListArray.from_arrays(offsets, turn_json), ", ")
+    system = (f'{{"role": "system", "content": {json.dumps(system_prompt, ensure_ascii=False)}}}, '
+              if system_prompt else "")
+    answer = pc.take(text, pa.array(cols.starts + steps))
+    conv_id, emotion = json_escape(cols.conv_ids), json_escape(cols.emotions)
+    heads = join('{"conv_id": "', conv_id, '", "emotion": "', emotion, '", "epoch": ', "")
+    bodies = join(', "prompt": [' + system, prompts,
+                  '], "chosen": [{"role": "assistant", "content": "', answer,
+                  '"}], "rejected": ', "")
+    tails = join('[{"role": "assistant", "content": "', answer, '"}], "rejected_conv_id": "',
+                 conv_id, '", "rejected_emotion": "', emotion, '"}\n', "")
+    return heads, bodies, tails
