@@ -1,0 +1,318 @@
+"""Batched, resumable response generation for the eval split (transformers backend).
+
+Prompts are rendered with the tokenizer's chat template (+ generation prompt) and tokenized without
+added special tokens, as in training (Zephyr's template emits no BOS). Batches are formed by prompt
+length with left padding; greedy by default; only the new tokens are decoded. Finished rows are
+appended to `<out>.partial` after every batch, so a rerun generates only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from empo.errors import EvalError
+from empo.evaluate import PREDICTION_FIELDS, read_jsonl
+from empo.results.store import atomic_write_jsonl
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_FIELDS = ("conv_id", "emotion", "seeker", "prompt", "reference")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class GenerationSettings:
+    """What `generate()` is asked for (cfg.eval.generation + the system prompt)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+    system_prompt: str | None = None
+
+    @classmethod
+    def from_config(cls, generation: Any, system_prompt: str | None = None) -> GenerationSettings:
+        return cls(max_new_tokens=generation.max_new_tokens, do_sample=generation.do_sample,
+                   temperature=generation.temperature, top_p=generation.top_p,
+                   batch_size=generation.batch_size, system_prompt=system_prompt)
+
+    def check(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise EvalError(f"generation: batch_size and max_new_tokens must be >= 1 "
+                            f"(got {self.batch_size}, {self.max_new_tokens})")
+        if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+            raise EvalError(f"generation: sampling needs temperature > 0 and 0 < top_p <= 1 "
+                            f"(got {self.temperature}, {self.top_p})")
+
+
+def read_eval_examples(path: Path) -> list[dict[str, Any]]:
+    """Eval examples (`empo data eval` output): conv_id, emotion, seeker, prompt, reference."""
+    rows = read_jsonl(path, EXAMPLE_FIELDS, what="eval examples")
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=1):
+        prompt = row["prompt"]
+        if not (isinstance(prompt, list) and prompt and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in prompt)):
+            raise EvalError(f"{path}: example {number} (conv_id {row['conv_id']}): prompt must be "
+                            f"a non-empty list of {{role, content}} messages")
+        key = str(row["conv_id"])
+        if key in seen:
+            raise EvalError(f"{path}: conv_id {key} appears more than once")
+        seen.add(key)
+    return rows
+
+
+# ----------------------------------------------------------------------------- model loading
+
+
+def _adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
+    safetensors_file = adapter / "adapter_model.safetensors"
+    bin_file = adapter / "adapter_model.bin"
+    if safetensors_file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(safetensors_file), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    if bin_file.is_file():
+        import torch
+
+        state = torch.load(bin_file, map_location="cpu", weights_only=True, mmap=True)
+        return {k: tuple(v.shape) for k, v in state.items()}
+    raise EvalError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
+
+
+def check_adapter(base: str, adapter: Path) -> None:
+    """EvalError unless every tensor of the peft adapter fits a module of the base model.
+
+    The base is instantiated on the meta device (no memory, no weights read), so the check is cheap
+    even for a 7B model and runs before anything is loaded (also before lm-eval loads it)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise EvalError(f"{adapter}: not a peft adapter directory (no adapter_config.json)")
+    shapes = _adapter_shapes(adapter)
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError) as err:
+        raise EvalError(f"cannot load base model config '{base}' ({err})") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    problems = []
+    for key, shape in shapes.items():
+        path = key.removeprefix("base_model.model.")
+        if ".lora_" in path:
+            module_path, _, rest = path.partition(".lora_")
+            module = modules.get(module_path)
+            if module is None:
+                problems.append(f"{key}: base has no module {module_path}")
+                continue
+            fan_in = getattr(module, "in_features", getattr(module, "num_embeddings", None))
+            fan_out = getattr(module, "out_features", getattr(module, "embedding_dim", None))
+            is_a = rest.startswith(("A.", "embedding_A"))
+            is_b = rest.startswith(("B.", "embedding_B"))
+            if is_a and fan_in is not None and shape[-1] != fan_in:
+                problems.append(f"{key}: shape {list(shape)}, base input size {fan_in}")
+            if is_b and fan_out is not None and shape[0] != fan_out:
+                problems.append(f"{key}: shape {list(shape)}, base output size {fan_out}")
+        else:  # modules_to_save and the like: naming varies (tied weights, peft versions),
+            # so only a parameter found under the same name is compared
+            name = path.replace(".modules_to_save", "").replace(".original_module", "")
+            if name in params and tuple(params[name].shape) != shape:
+                problems.append(f"{key}: shape {list(shape)}, base {list(params[name].shape)}")
+    if problems:
+        more = f" ... ({len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise EvalError(f"adapter {adapter} does not match base model '{base}': "
+                        f"{'; '.join(problems[:5])}{more}")
+
+
+def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
+                   attn_implementation: str | None = None, chat_template: str | None = None,
+                   device: str | None = None):
+    """(model, tokenizer): the base causal LM + optional peft adapter; tokenizer pads left."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise EvalError(f"dtype '{dtype}': allowed {', '.join(DTYPES)}")
+    if adapter is not None:
+        check_adapter(base, adapter)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
+        kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as err:
+        raise EvalError(f"cannot load base model '{base}' ({err})") from None
+    if chat_template:
+        try:
+            tokenizer.chat_template = Path(chat_template).read_text()
+        except OSError as err:
+            raise EvalError(f"{chat_template}: cannot read chat template "
+                            f"({err.strerror})") from None
+    if not tokenizer.chat_template:
+        raise EvalError(f"tokenizer of '{base}' has no chat template; set model.chat_template")
+    if adapter is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise EvalError(f"adapter {adapter} does not match base model "
+                            f"'{base}' ({err})") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def prompt_ids(tokenizer, messages: Sequence[dict[str, str]], system_prompt: str | None = None
+               ) -> list[int]:
+    """Chat template + generation prompt, tokenized without added special tokens (as trained)."""
+    messages = list(messages)
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _left_pad(batch: Sequence[Sequence[int]], pad_id: int):
+    import torch
+
+    length = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        if ids:
+            input_ids[row, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[row, length - len(ids):] = 1
+    return input_ids, mask
+
+
+def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]],
+                   settings: GenerationSettings) -> list[str]:
+    """Responses for a batch of token-id prompts: new tokens up to the first EOS, decoded."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    input_ids, mask = _left_pad(batch, pad)
+    device = next(model.parameters()).device
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens,
+                              "do_sample": settings.do_sample, "pad_token_id": pad,
+                              "eos_token_id": eos}
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                **kwargs)
+    responses = []
+    for row in output[:, input_ids.shape[1]:].tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        responses.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return responses
+
+
+def _read_partial(partial: Path, signature: dict[str, Any], wanted: set[str]) -> list[dict]:
+    """Finished rows of an interrupted run with the same signature (a torn last line is dropped)."""
+    if not partial.exists():
+        return []
+    lines = partial.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("partial_of") != signature:
+        log.warning("%s was written with other settings; starting over", partial)
+        return []
+    rows = []
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # interrupted mid-write
+        if isinstance(row, dict) and str(row.get("conv_id")) in wanted and "prediction" in row:
+            rows.append(row)
+    return rows
+
+
+def generate_predictions(examples: Sequence[dict[str, Any]], out: Path, model, tokenizer,
+                         settings: GenerationSettings, signature: dict[str, Any] | None = None,
+                         on_batch: Callable[[int, int], None] | None = None,
+                         progress: bool = True) -> Path:
+    """Generate a prediction per example into `out` (JSONL, input order), resumably.
+
+    `signature` (model, adapter, settings) guards the partial file: rows made with another one are
+    not reused. `on_batch(done, total)` is called after each batch is flushed."""
+    from tqdm import tqdm
+
+    settings.check()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise EvalError(f"{out}: output directory {out.parent} does not exist")
+    partial = out.with_name(out.name + ".partial")
+    produced_by = {k: v for k, v in asdict(settings).items() if k != "batch_size"}  # no effect
+    signature = json.loads(json.dumps({"settings": produced_by, **(signature or {})}, default=str))
+    wanted = {str(e["conv_id"]) for e in examples}
+    done = {str(r["conv_id"]): r for r in _read_partial(partial, signature, wanted)}
+    # rewrite the partial file: header + the kept rows (drops a torn tail before appending)
+    atomic_write_jsonl(partial, [{"partial_of": signature}, *done.values()])
+    todo = [e for e in examples if str(e["conv_id"]) not in done]
+    if done:
+        log.info("resuming %s: %d of %d rows already generated", out, len(done), len(examples))
+    ids = {str(e["conv_id"]): prompt_ids(tokenizer, e["prompt"], settings.system_prompt)
+           for e in todo}
+    todo.sort(key=lambda e: len(ids[str(e["conv_id"])]), reverse=True)  # longest first
+    with open(partial, "a", encoding="utf-8") as sink, \
+            tqdm(total=len(examples), initial=len(done), unit="prompt", file=sys.stderr,
+                 disable=not progress, desc="generate") as bar:
+        for start in range(0, len(todo), settings.batch_size):
+            batch = todo[start:start + settings.batch_size]
+            texts = generate_batch(model, tokenizer, [ids[str(e["conv_id"])] for e in batch],
+                                   settings)
+            for example, text in zip(batch, texts):
+                row = {field: example[field] for field in EXAMPLE_FIELDS}
+                row["prediction"] = text
+                row = {field: row[field] for field in PREDICTION_FIELDS}
+                done[str(example["conv_id"])] = row
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(len(done), len(examples))
+    atomic_write_jsonl(out, (done[str(e["conv_id"])] for e in examples))
+    partial.unlink()
+    return out
+
+
+def generate_file(data: Path, out: Path, base: str, adapter: Path | None,
+                  settings: GenerationSettings, dtype: str = "auto",
+                  attn_implementation: str | None = None, chat_template: str | None = None,
+                  seed: int | None = None, progress: bool = True) -> Path:
+    """Read eval examples, load the model (+ adapter), generate `out` resumably."""
+    settings.check()
+    examples = read_eval_examples(data)
+    model, tokenizer = load_generator(base, adapter, dtype, attn_implementation, chat_template)
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    signature = {"base": str(base), "adapter": str(adapter) if adapter else None,
+                 "chat_template": chat_template}
+    return generate_predictions(examples, out, model, tokenizer, settings, signature=signature,
+                                progress=progress)

@@ -1,0 +1,173 @@
+"""The evaluation stages of the pipeline (generate, epitome, bertscore, mmlu) and the file-level
+runners the `empo eval` commands share with them. Each stage skips when its DONE.<stage> marker
+exists, merges its keys into run_dir/metrics.json, then marks itself done."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from empo.config import ExperimentConfig
+from empo.errors import EvalError
+from empo.evaluate import read_jsonl
+from empo.results.store import atomic_write_jsonl, is_done, mark_done, merge_metrics
+
+log = logging.getLogger(__name__)
+
+EPITOME_KEYS = ("diff_er", "diff_ex", "diff_ip", "pred_er", "pred_ex", "pred_ip",
+                "ref_er", "ref_ex", "ref_ip", "epitome_n")
+BERTSCORE_KEYS = ("fbert", "bertscore_precision", "bertscore_recall")
+MMLU_KEYS = ("mmlu",)
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+
+
+# ----------------------------------------------------------------------------- file runners
+
+
+def epitome_file(predictions: Path, checkpoints: Path, encoder: str = "roberta-base",
+                 tokenizer: str | None = None, padding: str = "none", batch_size: int = 32,
+                 per_item: Path | None = None) -> dict[str, Any]:
+    """diff-EPITOME of a predictions file; per-item levels written to `per_item` when given."""
+    from empo.evaluate.epitome import diff_epitome, load_scorer
+
+    rows = read_jsonl(predictions, ("seeker", "prediction", "reference"), what="predictions")
+    scorer = load_scorer(checkpoints, encoder, tokenizer, padding=padding, batch_size=batch_size,
+                         progress=True)
+    levels = scorer.score([r["seeker"] for r in rows], [r["prediction"] for r in rows],
+                          [r["reference"] for r in rows])
+    if per_item is not None:
+        items = []
+        for i, row in enumerate(rows):
+            item: dict[str, Any] = {"conv_id": row.get("conv_id", i)}
+            for aspect in levels.pred:
+                item[f"pred_{aspect.lower()}"] = levels.pred[aspect][i]
+                item[f"ref_{aspect.lower()}"] = levels.ref[aspect][i]
+            items.append(item)
+        atomic_write_jsonl(Path(per_item), items)
+    return diff_epitome(levels)
+
+
+def bertscore_file(predictions: Path, model: str = "roberta-large", num_layers: int | None = None,
+                   batch_size: int = 64, rescale_with_baseline: bool = False) -> dict[str, float]:
+    """BERTScore (fbert, precision, recall) of a predictions file."""
+    from empo.evaluate.bertscore import bertscore
+
+    rows = read_jsonl(predictions, ("prediction", "reference"), what="predictions")
+    return bertscore([r["prediction"] for r in rows], [r["reference"] for r in rows], model,
+                     num_layers, batch_size, rescale_with_baseline)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def local_or_name(cfg: ExperimentConfig, value: str) -> str:
+    """A config path that exists (made absolute), else the value as given (a Hub id)."""
+    path = cfg.resolve(value)
+    return str(path) if path.exists() else value
+
+
+def eval_examples(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The eval split as generation inputs (DESIGN §3), first `data.max_eval_examples` only."""
+    from empo.data.chat import eligible, eval_example
+    from empo.data.ed import load_dialogues
+
+    result = load_dialogues(local_or_name(cfg, cfg.data.source), cfg.data.eval_split)
+    dialogues = eligible(result.dialogues)
+    if cfg.data.max_eval_examples is not None:
+        dialogues = dialogues[: cfg.data.max_eval_examples]
+    if not dialogues:
+        raise EvalError(f"data.source {cfg.data.source}: split '{cfg.data.eval_split}' has no "
+                        f"dialogue to evaluate")
+    return [eval_example(d, cfg.data.system_prompt) for d in dialogues]
+
+
+def _stored(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    path = run_dir / METRICS
+    current = json.loads(path.read_text()) if path.exists() else {}
+    return {k: current[k] for k in keys if k in current}
+
+
+def _finish(run_dir: Path, stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    merge_metrics(run_dir / METRICS, metrics)
+    mark_done(run_dir, stage)
+    log.info("%s: %s", stage, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
+                   adapter: Path | None) -> Path:
+    """run_dir/predictions.jsonl for the eval split (resumable), then DONE.generate."""
+    from empo.evaluate.generate import GenerationSettings, generate_predictions, load_generator
+
+    run_dir = Path(run_dir)
+    out = run_dir / PREDICTIONS
+    if is_done(run_dir, "generate"):
+        return out
+    if cfg.eval.generation.backend != "transformers":
+        raise EvalError(f"eval.generation.backend '{cfg.eval.generation.backend}': only "
+                        f"'transformers' is available")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    examples = eval_examples(cfg)  # the system prompt is already in each prompt
+    settings = GenerationSettings.from_config(cfg.eval.generation)
+    base = local_or_name(cfg, cfg.model.name_or_path)
+    template = str(cfg.resolve(cfg.model.chat_template)) if cfg.model.chat_template else None
+    model, tokenizer = load_generator(base, adapter, cfg.model.dtype,
+                                      cfg.model.attn_implementation, template)
+    from transformers import set_seed
+
+    set_seed(seed)
+    signature = {"base": base, "adapter": str(adapter) if adapter else None,
+                 "chat_template": template, "seed": seed}
+    generate_predictions(examples, out, model, tokenizer, settings, signature=signature)
+    mark_done(run_dir, "generate")
+    return out
+
+
+def epitome_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """diff-EPITOME of run_dir/predictions.jsonl (+ per-item levels in epitome_items.jsonl)."""
+    run_dir = Path(run_dir)
+    if is_done(run_dir, "epitome"):
+        return _stored(run_dir, EPITOME_KEYS)
+    settings = cfg.eval.epitome
+    if not settings.checkpoints:
+        raise EvalError("eval.epitome.checkpoints is not set: a directory with the published "
+                        "finetuned_ER.pth, finetuned_EX.pth and finetuned_IP.pth")
+    metrics = epitome_file(run_dir / PREDICTIONS, cfg.resolve(settings.checkpoints),
+                           local_or_name(cfg, settings.encoder),
+                           local_or_name(cfg, settings.tokenizer), settings.padding,
+                           settings.batch_size, per_item=run_dir / "epitome_items.jsonl")
+    return _finish(run_dir, "epitome", metrics)
+
+
+def bertscore_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """BERTScore F1/P/R of run_dir/predictions.jsonl."""
+    run_dir = Path(run_dir)
+    if is_done(run_dir, "bertscore"):
+        return _stored(run_dir, BERTSCORE_KEYS)
+    settings = cfg.eval.bertscore
+    metrics = bertscore_file(run_dir / PREDICTIONS, local_or_name(cfg, settings.model),
+                             settings.num_layers, settings.batch_size,
+                             settings.rescale_with_baseline)
+    return _finish(run_dir, "bertscore", metrics)
+
+
+def mmlu_stage(cfg: ExperimentConfig, run_dir: Path, adapter: Path | None) -> dict[str, Any]:
+    """MMLU accuracy of base + adapter; lm-eval's results kept in run_dir/mmlu_results.json."""
+    from empo.evaluate.mmlu import run_mmlu
+
+    run_dir = Path(run_dir)
+    if is_done(run_dir, "mmlu"):
+        return _stored(run_dir, MMLU_KEYS)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = cfg.eval.mmlu
+    metrics = run_mmlu(local_or_name(cfg, cfg.model.name_or_path), adapter, settings.tasks,
+                       settings.num_fewshot,
+                       cfg.resolve(settings.include_path) if settings.include_path else None,
+                       settings.batch_size, settings.limit, cfg.model.dtype,
+                       results_path=run_dir / "mmlu_results.json")
+    return _finish(run_dir, "mmlu", metrics)
