@@ -1,0 +1,361 @@
+"""Base model, tokenizer, chat templates and LoRA adapters (paper §4: Zephyr-7B-sft-full + LoRA).
+
+Everything here fails with a `TrainError` naming the path or key before any weights are read:
+`resolve_model_path` (base model), `model_module_names` (meta-device instantiation from the
+config only), `lora_config` (r, alpha, target modules), `check_adapter_dir` (adapter files and
+shapes against the base).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from empo.errors import TrainError
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions
+    import peft
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from empo.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+# The stock zephyr-7b-beta chat template (tokenizer_config.json of HuggingFaceH4/zephyr-7b-beta).
+ZEPHYR_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n"
+    "{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n"
+    "{{ '<|assistant|>' }}\n"
+    "{% endif %}\n"
+    "{% endfor %}"
+)
+
+# The same text as ZEPHYR_CHAT_TEMPLATE, with each assistant content + EOS inside
+# {% generation %} markers, so trl's assistant_only_loss trains the listener turns only. HF renders
+# with trim_blocks=True, which eats a newline written right after {% endgeneration %}: the newline
+# that follows EOS is emitted as {{ '\n' }} (and stays out of the loss, as the role headers do).
+ZEPHYR_TRAINING_TEMPLATE = (
+    "{% for message in messages %}\n"
+    "{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n' }}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n"
+    "{{ '<|assistant|>' }}\n"
+    "{% endif %}\n"
+    "{% endfor %}"
+)
+
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    """`model.dtype` string -> torch dtype."""
+    import torch
+
+    if name not in DTYPES:
+        raise TrainError(f"model.dtype: {name!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def has_generation_markers(template: str | None) -> bool:
+    return bool(template) and bool(_GENERATION_MARKER.search(template))
+
+
+def training_template(chat_template: str | None) -> str:
+    """The chat template used for SFT: one with {% generation %} markers rendering the same text."""
+    if has_generation_markers(chat_template):
+        return chat_template  # type: ignore[return-value]
+    if chat_template is not None and chat_template.strip() == ZEPHYR_CHAT_TEMPLATE.strip():
+        return ZEPHYR_TRAINING_TEMPLATE
+    raise TrainError(
+        "the tokenizer's chat template has no {% generation %} markers and is not Zephyr's, so the loss "
+        "cannot be restricted to listener turns: set model.chat_template to a .jinja file whose "
+        "assistant content + EOS is wrapped in {% generation %}...{% endgeneration %}"
+    )
+
+
+# -------------------------------------------------------------------------------- base model
+
+
+def resolve_model_path(cfg: "ExperimentConfig") -> str:
+    """A local model directory (absolute) or a Hub id; TrainError when neither can work."""
+    value = cfg.model.name_or_path
+    local = cfg.resolve(value)
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").is_file():
+            raise TrainError(f"model.name_or_path: {local} is not a model directory (no config.json)")
+        return str(local)
+    looks_local = value.startswith((".", "/", "~")) or not _HUB_ID.match(value)
+    if looks_local:
+        raise TrainError(f"model.name_or_path: {local} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(value, "config.json")
+        if not isinstance(cached, str):
+            raise TrainError(
+                f"model.name_or_path: {value!r} is not a local directory ({local} does not exist) and "
+                "not in the Hub cache (HF_HUB_OFFLINE=1)"
+            )
+    return value
+
+
+def _chat_template_override(cfg: "ExperimentConfig") -> str | None:
+    if not cfg.model.chat_template:
+        return None
+    path = cfg.resolve(cfg.model.chat_template)
+    if not path.is_file():
+        raise TrainError(f"model.chat_template: {path} does not exist")
+    return path.read_text()
+
+
+def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "PreTrainedTokenizerBase":
+    """The base tokenizer with the configured chat template and a pad token it already has.
+
+    No token is ever added (no embedding resize): pad = the tokenizer's pad, else unk, else EOS.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    override = _chat_template_override(cfg)
+    if override is not None:
+        tokenizer.chat_template = override
+    if not tokenizer.chat_template:
+        raise TrainError(f"{path}: the tokenizer has no chat template; set model.chat_template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if tokenizer.eos_token is None:
+        raise TrainError(f"{path}: the tokenizer has no EOS token")
+    return tokenizer
+
+
+def load_base_model(cfg: "ExperimentConfig") -> "PreTrainedModel":
+    """The base causal LM in `model.dtype` with the configured attention implementation."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg)
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation
+    )
+
+
+def meta_model(config: Any) -> "torch.nn.Module":
+    """The model built on the meta device from its transformers config: shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def load_model_config(path: str | Path) -> Any:
+    """A transformers config from a model directory, a config.json file, or a Hub id."""
+    from transformers import AutoConfig
+
+    path_str = str(path)
+    candidate = Path(path_str)
+    try:
+        if candidate.is_file():
+            data = json.loads(candidate.read_text())
+            model_type = data.pop("model_type", None)
+            if model_type is None:
+                raise TrainError(f"{candidate}: no 'model_type' in the model config")
+            return AutoConfig.for_model(model_type, **data)
+        return AutoConfig.from_pretrained(path_str)
+    except json.JSONDecodeError as err:
+        raise TrainError(f"{candidate}: invalid JSON ({err})") from None
+    except (OSError, ValueError) as err:
+        raise TrainError(f"{path_str}: cannot read the model config ({err})") from None
+
+
+def linear_modules(model: "torch.nn.Module") -> dict[str, "torch.nn.Module"]:
+    """Full name -> module for every layer LoRA can target (Linear, Embedding, Conv1D)."""
+    import torch
+
+    kinds: tuple[type, ...] = (torch.nn.Linear, torch.nn.Embedding)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds += (Conv1D,)
+    except ImportError:  # pragma: no cover
+        pass
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def module_short_names(model: "torch.nn.Module") -> list[str]:
+    """Sorted last name components of the targetable layers (q_proj, ..., lm_head)."""
+    return sorted({name.rsplit(".", 1)[-1] for name in linear_modules(model)})
+
+
+def model_module_names(cfg: "ExperimentConfig") -> list[str]:
+    """The targetable module names of the base, from its config alone (meta device)."""
+    return module_short_names(meta_model(load_model_config(resolve_model_path(cfg))))
+
+
+# ------------------------------------------------------------------------------------ LoRA
+
+
+def check_lora_values(cfg: "ExperimentConfig") -> None:
+    """r > 0, alpha > 0, dropout in [0, 1), at least one target module."""
+    lora = cfg.lora
+    if lora.r <= 0:
+        raise TrainError(f"lora.r: {lora.r} must be > 0")
+    if lora.lora_alpha <= 0:
+        raise TrainError(f"lora.lora_alpha: {lora.lora_alpha} must be > 0")
+    if not 0.0 <= lora.lora_dropout < 1.0:
+        raise TrainError(f"lora.lora_dropout: {lora.lora_dropout} must be in [0, 1)")
+    if not lora.target_modules:
+        raise TrainError("lora.target_modules: empty; name at least one module")
+
+
+def check_target_modules(targets: Iterable[str], available: Iterable[str]) -> None:
+    """Every target must be a module name the model has; the error lists the names it has."""
+    available = sorted(set(available))
+    for name in targets:
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise TrainError(
+                f"lora.target_modules: the model has no module '{name}'{hint}; "
+                f"its modules are: {', '.join(available)}"
+            )
+
+
+def lora_config(cfg: "ExperimentConfig", module_names: Iterable[str] | None = None) -> "peft.LoraConfig":
+    """peft LoraConfig from `cfg.lora`, validated (against `module_names` when given)."""
+    import peft
+
+    check_lora_values(cfg)
+    if module_names is not None:
+        check_target_modules(cfg.lora.target_modules, module_names)
+    return peft.LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.lora_alpha,
+        lora_dropout=cfg.lora.lora_dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias=cfg.lora.bias,
+        use_rslora=cfg.lora.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def lora_trainable_params(model: "torch.nn.Module", targets: Iterable[str], r: int) -> int:
+    """r·(in + out) summed over the targeted Linear layers (what peft will add)."""
+    import torch
+
+    targets = set(targets)
+    total = 0
+    for name, module in linear_modules(model).items():
+        if name.rsplit(".", 1)[-1] not in targets:
+            continue
+        if isinstance(module, torch.nn.Embedding):
+            total += r * (module.num_embeddings + module.embedding_dim)
+        elif isinstance(module, torch.nn.Linear):
+            total += r * (module.in_features + module.out_features)
+        else:  # Conv1D: weight is (in, out)
+            total += r * sum(module.weight.shape)
+    return total
+
+
+# --------------------------------------------------------------------------------- adapters
+
+
+def check_adapter_dir(adapter_dir: Path, what: str = "adapter") -> dict[str, Any]:
+    """The adapter_config.json of a peft adapter directory; TrainError when it is not one."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise TrainError(f"{what} {adapter_dir} does not exist")
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise TrainError(f"{what} {adapter_dir} has no adapter_config.json (not a peft adapter directory)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise TrainError(f"{config_path}: invalid JSON ({err})") from None
+    if not any((adapter_dir / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise TrainError(f"{what} {adapter_dir} has no adapter_model.safetensors")
+    return config
+
+
+def check_adapter_matches(model: "torch.nn.Module", adapter_dir: Path) -> None:
+    """The adapter's target modules and LoRA shapes fit `model` (a plain base model)."""
+    config = check_adapter_dir(adapter_dir)
+    modules = linear_modules(model)
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    short = {name.rsplit(".", 1)[-1] for name in modules}
+    missing = [t for t in targets if t not in short]
+    if missing:
+        raise TrainError(
+            f"adapter {adapter_dir} does not match the base model: it targets {missing}, which the base "
+            f"does not have (the base has: {', '.join(sorted(short))})"
+        )
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    by_name = {name: m for name, m in modules.items()}
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            match = re.match(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$", key)
+            if not match:
+                continue
+            module = by_name.get(match.group(1))
+            if module is None:
+                raise TrainError(
+                    f"adapter {adapter_dir} does not match the base model: no module {match.group(1)}"
+                )
+            shape = handle.get_slice(key).get_shape()
+            in_f = getattr(module, "in_features", None)
+            out_f = getattr(module, "out_features", None)
+            expected = in_f if match.group(2) == "A" else out_f
+            got = shape[1] if match.group(2) == "A" else shape[0]
+            if expected is not None and got != expected:
+                raise TrainError(
+                    f"adapter {adapter_dir} does not match the base model: {key} has shape "
+                    f"{list(shape)} but {match.group(1)} is {in_f} -> {out_f}"
+                )
+
+
+def load_adapter(
+    model: "PreTrainedModel", adapter_dir: Path, is_trainable: bool = False, adapter_name: str = "default"
+) -> "peft.PeftModel":
+    """`PeftModel.from_pretrained` after checking the adapter fits the base."""
+    from peft import PeftModel
+
+    check_adapter_matches(model, adapter_dir)
+    try:
+        return PeftModel.from_pretrained(
+            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable
+        )
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise TrainError(f"adapter {adapter_dir} does not load onto the base model: {err}") from None
+
+
+def merge_adapter(model: "PreTrainedModel", adapter_dir: Path) -> "PreTrainedModel":
+    """The base with the adapter merged into its weights (a plain transformers model)."""
+    return load_adapter(model, adapter_dir).merge_and_unload()

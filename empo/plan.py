@@ -1,0 +1,284 @@
+"""`empo plan`: parameters and per-GPU memory of a training stage, without loading any weights.
+
+The model is built on the meta device from `model.architecture` (a transformers config JSON;
+`configs/models/mistral-7b.json` ships Mistral-7B's), so shapes are exact and nothing is read.
+
+Per-GPU memory is composed from parts, because DeepSpeed's estimators assume every parameter is
+trained, while with LoRA only the adapter is:
+
+  base weights   the frozen base in `model.dtype` (2 bytes/param in bf16), no gradients and no
+                 optimizer state: replicated on every GPU for ZeRO-0/1/2, partitioned (/N) for ZeRO-3.
+  LoRA states    DeepSpeed's own estimator applied to the trainable LoRA parameters only:
+                 ZeRO-2 `estimate_zero2_model_states_mem_needs` = 2·P (16-bit params) + 18·P/N
+                 (16-bit and fp32 grads, fp32 master params, Adam moments; only 2·P with CPU
+                 optimizer offload); ZeRO-3 `estimate_zero3_model_states_mem_needs` =
+                 4·largest layer (gathered) + 18·P/N. ZeRO-0/1 (no estimator in DeepSpeed):
+                 4·P (16-bit params and grads) + 12·P fp32 master and moments (/N for ZeRO-1).
+                 Without DeepSpeed (plain DDP) peft keeps the adapter in fp32: 16·P.
+  DPO reference  `adapter_copy`: trl's frozen `ref` copy of the adapter, P params in the training
+                 dtype (partitioned for ZeRO-3); `merged`: nothing extra (the base is the reference).
+  activations    per micro-batch of b sequences × max_length s (DPO: 2b, chosen + rejected), per
+                 token and layer in the training dtype: 6h + 2h_kv + 4i values (norm inputs and
+                 outputs, q, k, v, attention output, gate, up, act(gate), act·up), plus for LoRA
+                 one r-vector per targeted module and, with dropout > 0, a dropped copy of each
+                 targeted module's input (+ a 1-byte mask). With gradient checkpointing only the
+                 L layer inputs (b·s·h) are kept and one layer is recomputed at a time.
+  LM head        trl's fused LM head never builds the full logits: one 4096-token × 32768-vocab
+                 tile, plus the final hidden states it scores and their gradient.
+  buffers        DeepSpeed's communication buckets from the config (reduce bucket ×2 for the
+                 contiguous-gradient copy, all-gather bucket or ZeRO-3 prefetch bucket).
+
+The total is what PyTorch allocates (`torch.cuda.max_memory_allocated`); the verdict adds a fixed
+allowance for the CUDA context and allocator fragmentation before comparing it with
+`cluster.gpu_memory_gb` (GiB).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from empo.errors import TrainError
+
+if TYPE_CHECKING:
+    from empo.config import ExperimentConfig
+
+GIB = 1024**3
+RUNTIME_OVERHEAD_GIB = 1.5  # CUDA context + allocator fragmentation, outside max_memory_allocated
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclasses.dataclass
+class Plan:
+    """The numbers `empo plan` prints (bytes unless named otherwise)."""
+
+    stage: str
+    architecture: str
+    model_type: str
+    base_params: int
+    lora_params: int
+    lora_r: int
+    target_modules: list[str]
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    gpus_per_node: int
+    nodes: int
+    dtype: str
+    per_device_batch: int
+    sequences_per_micro_batch: int
+    max_length: int
+    gradient_checkpointing: bool
+    gradient_accumulation: int | None
+    reference: str | None
+    memory: dict[str, int]
+    cpu_memory: int
+    gpu_memory_gb: float
+
+    @property
+    def total(self) -> int:
+        return sum(self.memory.values())
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def fits(self) -> bool:
+        return self.total / GIB + RUNTIME_OVERHEAD_GIB <= self.gpu_memory_gb
+
+
+def _architecture(cfg: "ExperimentConfig") -> tuple[str, Any]:
+    from empo import models
+
+    if cfg.model.architecture:
+        path = cfg.resolve(cfg.model.architecture)
+        if not path.is_file():
+            raise TrainError(f"model.architecture: {path} does not exist")
+        return str(path), models.load_model_config(path)
+    path = models.resolve_model_path(cfg)
+    return path, models.load_model_config(path)
+
+
+def _ds_settings(cfg: "ExperimentConfig", stage: str) -> tuple[dict[str, Any] | None, int, bool, bool]:
+    from empo.train.common import load_deepspeed_config, zero_stage
+
+    ds = load_deepspeed_config(cfg, stage)
+    zero = (ds or {}).get("zero_optimization", {})
+    offload_opt = str((zero.get("offload_optimizer") or {}).get("device", "none")) in ("cpu", "nvme")
+    offload_par = str((zero.get("offload_param") or {}).get("device", "none")) in ("cpu", "nvme")
+    return ds, zero_stage(ds), offload_opt, offload_par
+
+
+def _bucket(zero: dict[str, Any], key: str, auto: int, default: int) -> int:
+    value = zero.get(key, default)
+    return auto if value == "auto" else int(float(value))
+
+
+def activation_bytes_per_token_layer(config: Any, targets: list[str], r: int, dropout: float,
+                                     width: int, in_features: dict[str, int]) -> int:
+    """Values kept for backward per token and layer (see the module docstring)."""
+    h = config.hidden_size
+    i = config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    values = 6 * h + 2 * kv * head_dim + 4 * i
+    per_layer_targets = [t for t in targets if t in in_features]
+    values += r * len(per_layer_targets)
+    mask_bytes = 0
+    if dropout > 0:
+        dropped = sum(in_features[t] for t in per_layer_targets)
+        values += dropped
+        mask_bytes = dropped
+    return values * width + mask_bytes
+
+
+def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int | None = None,
+                nodes: int | None = None) -> Plan:
+    """Compute the plan for `stage` (sft or dpo) on `nodes` × `gpus_per_node` GPUs."""
+    import torch
+
+    from empo import models
+    from empo.train.common import gradient_accumulation
+
+    if stage not in ("sft", "dpo"):
+        raise TrainError(f"stage must be sft or dpo, got {stage!r}")
+    models.check_lora_values(cfg)
+    gpn = gpus_per_node if gpus_per_node is not None else (cfg.cluster.gpus_per_node or 1)
+    n_nodes = nodes if nodes is not None else (cfg.cluster.nodes or 1)
+    if gpn < 1 or n_nodes < 1:
+        raise TrainError(f"--gpus ({gpn}) and --nodes ({n_nodes}) must be >= 1")
+    n_gpus = gpn * n_nodes
+    section = getattr(cfg, stage)
+    ds, zstage, offload_opt, offload_par = _ds_settings(cfg, stage)
+    try:
+        accumulation: int | None = gradient_accumulation(
+            section.global_batch_size, section.per_device_train_batch_size, n_gpus, stage)
+    except TrainError:
+        accumulation = None
+
+    arch_path, config = _architecture(cfg)
+    model = models.meta_model(config)
+    models.check_target_modules(cfg.lora.target_modules, models.module_short_names(model))
+    base_params = sum(p.numel() for p in model.parameters())
+    lora_params = models.lora_trainable_params(model, cfg.lora.target_modules, cfg.lora.r)
+    largest_layer = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    in_features: dict[str, int] = {}
+    for name, module in models.linear_modules(model).items():
+        if isinstance(module, torch.nn.Linear):
+            in_features.setdefault(name.rsplit(".", 1)[-1], module.in_features)
+    in_features = {k: v for k, v in in_features.items() if k != "lm_head"}
+
+    width = DTYPE_BYTES[cfg.model.dtype]
+    train_width = 2 if section.bf16 else width
+    memory: dict[str, int] = {}
+    cpu = 0
+    memory["base weights"] = width * base_params // (n_gpus if zstage == 3 else 1)
+    if ds is None:  # DDP: peft keeps the adapter in fp32 (params, grads, 2 Adam moments)
+        memory["LoRA states"] = 16 * lora_params
+        lora_width = 4
+    elif zstage in (0, 1):  # 16-bit params + grads, fp32 master + moments (partitioned by ZeRO-1)
+        memory["LoRA states"] = 4 * lora_params + 12 * lora_params // (n_gpus if zstage == 1 else 1)
+        lora_width = train_width
+    elif zstage == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        cpu, gpu = estimate_zero2_model_states_mem_needs(
+            lora_params, num_gpus_per_node=gpn, num_nodes=n_nodes, cpu_offload=offload_opt)
+        memory["LoRA states"] = gpu
+        lora_width = train_width
+    else:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            lora_params, largest_layer, num_gpus_per_node=gpn, num_nodes=n_nodes,
+            cpu_offload=offload_opt, cpu_offload_params=offload_par)
+        memory["LoRA states"] = gpu
+        lora_width = train_width
+    reference = cfg.dpo.reference if stage == "dpo" else None
+    if reference == "adapter_copy":
+        memory["DPO reference (adapter copy)"] = lora_width * lora_params // (n_gpus if zstage == 3 else 1)
+
+    sequences = section.per_device_train_batch_size * (2 if stage == "dpo" else 1)
+    tokens = sequences * section.max_length
+    per_token_layer = activation_bytes_per_token_layer(
+        config, cfg.lora.target_modules, cfg.lora.r, cfg.lora.lora_dropout, train_width, in_features)
+    layers = config.num_hidden_layers
+    if section.gradient_checkpointing:
+        memory["activations"] = tokens * (layers * config.hidden_size * train_width + per_token_layer)
+    else:
+        memory["activations"] = tokens * layers * per_token_layer
+
+    # trl's fused LM head: one [4096 tokens × 32768 vocab] logits tile, plus the final hidden states
+    # gathered for it and their gradient (no full logits are ever built)
+    tile = min(tokens, 4096) * min(config.vocab_size, 32768) * train_width
+    memory["LM head (tiled logits)"] = tile + 2 * tokens * config.hidden_size * train_width
+
+    if ds is not None:
+        zero = ds.get("zero_optimization", {})
+        h2 = config.hidden_size * config.hidden_size
+        buffers = 2 * _bucket(zero, "reduce_bucket_size", h2, 500_000_000) * train_width
+        if zstage == 3:
+            buffers += _bucket(zero, "stage3_prefetch_bucket_size", int(0.9 * h2), 50_000_000) * train_width
+        elif zstage == 2 and not offload_opt:
+            all_gather = _bucket(zero, "allgather_bucket_size", 500_000_000, 500_000_000)
+            buffers += min(all_gather, lora_params) * train_width
+        memory["DeepSpeed buffers"] = buffers
+
+    return Plan(
+        stage=stage, architecture=arch_path, model_type=getattr(config, "model_type", "?"),
+        base_params=base_params, lora_params=lora_params, lora_r=cfg.lora.r,
+        target_modules=list(cfg.lora.target_modules), zero_stage=zstage if ds else 0,
+        offload_optimizer=offload_opt, offload_params=offload_par, gpus_per_node=gpn,
+        nodes=n_nodes, dtype=cfg.model.dtype, per_device_batch=section.per_device_train_batch_size,
+        sequences_per_micro_batch=sequences, max_length=section.max_length,
+        gradient_checkpointing=section.gradient_checkpointing, gradient_accumulation=accumulation,
+        reference=reference, memory=memory, cpu_memory=int(cpu),
+        gpu_memory_gb=cfg.cluster.gpu_memory_gb,
+    )
+
+
+def format_plan(plan: Plan, name: str = "") -> str:
+    """The plan as the text `empo plan` prints."""
+    ds = f"ZeRO-{plan.zero_stage}" if plan.zero_stage else "no DeepSpeed (DDP)"
+    if plan.offload_optimizer:
+        ds += " + CPU optimizer offload"
+    if plan.offload_params:
+        ds += " + CPU parameter offload"
+    accumulation = (f"{plan.gradient_accumulation}" if plan.gradient_accumulation is not None
+                    else "global batch not divisible by this GPU count")
+    lines = [
+        f"empo plan{': ' + name if name else ''} — stage {plan.stage}, {plan.gpus} GPU(s) "
+        f"({plan.nodes} node(s) × {plan.gpus_per_node}), {ds}, {plan.dtype}",
+        f"  architecture       {plan.architecture} ({plan.model_type})",
+        f"  base parameters    {plan.base_params:,}",
+        f"  LoRA parameters    {plan.lora_params:,} trainable (r={plan.lora_r}; "
+        f"{', '.join(plan.target_modules)})",
+        f"  micro-batch        {plan.per_device_batch} per GPU"
+        f"{' (×2 sequences: chosen + rejected)' if plan.stage == 'dpo' else ''} × {plan.max_length} "
+        f"tokens, gradient accumulation {accumulation}, gradient checkpointing "
+        f"{'on' if plan.gradient_checkpointing else 'off'}",
+    ]
+    if plan.reference:
+        lines.append(f"  DPO reference      {plan.reference}")
+    lines.append("  per-GPU memory (GiB)")
+    for key, value in plan.memory.items():
+        lines.append(f"    {key:<30} {value / GIB:8.2f}")
+    lines.append(f"    {'total (allocated)':<30} {plan.total / GIB:8.2f}")
+    lines.append(f"    {'+ CUDA context/fragmentation':<30} {RUNTIME_OVERHEAD_GIB:8.2f}")
+    if plan.cpu_memory:
+        lines.append(f"  CPU memory per node (DeepSpeed estimator): {plan.cpu_memory / GIB:.1f} GiB")
+    need = plan.total / GIB + RUNTIME_OVERHEAD_GIB
+    verdict = "fits" if plan.fits else "does NOT fit"
+    lines.append(f"  verdict: {verdict} in {plan.gpu_memory_gb:g} GiB per GPU "
+                 f"({need:.1f} GiB needed, {100 * need / plan.gpu_memory_gb:.0f}%)")
+    if not plan.fits:
+        lines.append("  try: more GPUs (--gpus), deepspeed zero3 or zero2_offload, a smaller "
+                     "per_device_train_batch_size, gradient_checkpointing, or a smaller lora.r")
+    return "\n".join(lines)
+
+
+def plan_text(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int | None = None,
+              nodes: int | None = None) -> str:
+    return format_plan(plan_memory(cfg, stage, gpus_per_node, nodes), cfg.name)
+

@@ -1,0 +1,164 @@
+"""DPO stage: continue the SFT adapter of the same seed on theory-driven preference pairs.
+
+Reference model (`dpo.reference`):
+  adapter_copy (paper, default): `PeftModel.from_pretrained(base, sft_adapter, is_trainable=True)`
+      with `ref_model=None`; trl adds a frozen copy of the adapter named `ref` and trains `default`.
+      The reference is exactly the SFT policy, at the cost of one more adapter's weights in memory.
+  merged: the SFT adapter is merged into the base and a fresh LoRA (same lora.* config) is trained
+      on top; trl's reference is that LoRA disabled, i.e. the merged SFT model. No extra memory.
+
+Epoch k trains on draw k. `preference_pairs(..., epochs=E)` gives E draws of rejected responses
+(rows carry `epoch`). All E·N rows are tokenized once by trl (so precomputed reference log-probs,
+when enabled, are per row and per draw), then wrapped in `EpochDraws`, a map-style dataset of
+length N that serves the rows of one draw. A callback selects draw k at the start of epoch k
+(`on_epoch_begin`, with k = int(state.epoch), which is also right after a resume), so the trainer's
+own epoch loop, sampler (shuffled per epoch), optimizer, scheduler and checkpoint/resume logic are
+untouched: one trainer.train() over E epochs, the LR schedule spans all of them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from empo import models
+from empo.errors import TrainError
+from empo.train import common
+from empo.train.sft import data_source
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    from empo.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+
+class EpochDraws:
+    """A map-style dataset over the rows of one preference draw at a time (see module docstring)."""
+
+    def __init__(self, rows: "Dataset", epoch_column: str = "epoch"):
+        epochs = rows[epoch_column]
+        labels = sorted(set(epochs))
+        self.rows = rows
+        self.index = {e: [i for i, v in enumerate(epochs) if v == e] for e in labels}
+        self.draws = [self.index[e] for e in labels]
+        sizes = {len(d) for d in self.draws}
+        if len(sizes) != 1:
+            raise TrainError(f"preference draws have different sizes {sorted(sizes)}; every epoch must "
+                             "hold every dialogue once")
+        self.epoch = 0
+
+    @property
+    def num_draws(self) -> int:
+        return len(self.draws)
+
+    def select(self, epoch: int) -> None:
+        if not 0 <= epoch < self.num_draws:
+            raise TrainError(f"epoch {epoch} has no preference draw (there are {self.num_draws})")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.draws[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[self.draws[self.epoch][i]]
+
+
+def draw_selector(draws: EpochDraws) -> Any:
+    """A callback pointing `draws` at the trainer's current epoch before each epoch's dataloader."""
+    from transformers import TrainerCallback
+
+    class SelectDraw(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            draws.select(int(state.epoch or 0))
+
+    return SelectDraw()
+
+
+def preference_dataset(cfg: "ExperimentConfig", seed: int) -> "Dataset":
+    """All draws of preference pairs for `seed` (rows of draw k have epoch == k)."""
+    from datasets import Dataset
+
+    from empo.data.ed import load_dialogues
+    from empo.data.emotions import load_table
+    from empo.data.preference import preference_pairs
+
+    loaded = load_dialogues(data_source(cfg), cfg.data.train_split)
+    table = load_table(cfg.resolve(cfg.data.emotion_table))
+    rows = preference_pairs(
+        loaded.dialogues, table, epochs=cfg.dpo.num_train_epochs, seed=seed,
+        sampling=cfg.data.sampling, system_prompt=cfg.data.system_prompt,
+        where=f"{cfg.data.source} ({cfg.data.train_split})",
+    )
+    if not rows:
+        raise TrainError(f"data.source {cfg.data.source}: no preference pairs in {cfg.data.train_split!r}")
+    return Dataset.from_list(rows)
+
+
+def build_dpo_trainer(
+    cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path,
+    callbacks: list[Any] | None = None,
+) -> "DPOTrainer":
+    """Check every input, then build the trl DPOTrainer over per-epoch draws."""
+    from trl import DPOConfig, DPOTrainer
+
+    if cfg.dpo.num_train_epochs < 1 or int(cfg.dpo.num_train_epochs) != cfg.dpo.num_train_epochs:
+        raise TrainError(f"dpo.num_train_epochs: {cfg.dpo.num_train_epochs} must be a whole number >= 1 "
+                         "(one preference draw per epoch)")
+    common.ensure_distributed_env()
+    models.check_adapter_dir(Path(sft_adapter), what="SFT adapter")
+    models.resolve_model_path(cfg)
+    models.check_lora_values(cfg)
+    kwargs = common.trainer_kwargs(cfg, "dpo", seed, out_dir, DPOConfig)
+    kwargs.update(beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type])
+    stage3 = common.zero_stage(kwargs["deepspeed"]) == 3
+    if stage3 and cfg.dpo.reference == "merged":
+        raise TrainError("dpo.reference=merged needs the whole base to merge the SFT adapter into, which "
+                         "ZeRO-3 partitions: use dpo.reference=adapter_copy or dpo.deepspeed=zero2")
+    peft_config = None
+    if cfg.dpo.reference == "merged":
+        peft_config = models.lora_config(cfg, models.model_module_names(cfg))
+    dataset = preference_dataset(cfg, seed)
+    tokenizer = models.load_tokenizer(cfg, padding_side="left")
+    args = common.make_trainer_config(DPOConfig, kwargs, "dpo")
+
+    base = models.load_base_model(cfg)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.dpo.reference == "merged":
+        model = models.merge_adapter(base, Path(sft_adapter))
+    else:
+        models.check_adapter_matches(base, Path(sft_adapter))
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(
+            base, str(sft_adapter), is_trainable=True, autocast_adapter_dtype=not stage3
+        )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[common.train_log_callback(out_dir), *(callbacks or [])],
+    )
+    draws = EpochDraws(trainer.train_dataset)
+    if draws.num_draws != cfg.dpo.num_train_epochs:
+        raise TrainError(f"{draws.num_draws} preference draws for {cfg.dpo.num_train_epochs} epochs")
+    trainer.train_dataset = draws
+    trainer.add_callback(draw_selector(draws))
+    return trainer
+
+
+def train_dpo(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path) -> Path:
+    """Run (or resume) the DPO stage into `out_dir` from `sft_adapter`; returns the adapter dir."""
+    out_dir = Path(out_dir)
+    done = common.done_adapter(out_dir)
+    if done is not None:
+        log.info("DPO seed %s is done: %s", seed, done)
+        return done
+    trainer = build_dpo_trainer(cfg, seed, out_dir, Path(sft_adapter))
+    common.start_stage(cfg, out_dir)
+    return common.run_training(trainer, out_dir)
