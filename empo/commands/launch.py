@@ -1,0 +1,201 @@
+"""`empo run | submit | status | cancel | stage`: the whole pipeline, locally or on SLURM.
+
+    empo run CONFIG [KEY=VALUE...] [--executor local|debug|slurm] [--force-new]
+    empo submit CONFIG [KEY=VALUE...] [--force-new]
+    empo status RESULTS_DIR [--json]
+    empo cancel RESULTS_DIR
+    empo stage STAGE CONFIG [KEY=VALUE...] --variant V --seed S
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from empo.commands.common import add_config_args, load_experiment
+from empo.errors import LaunchError
+
+STAGES = ("sft", "dpo", "generate", "epitome", "bertscore", "mmlu", "eval", "aggregate")
+DEFAULT_VARIANT = {"sft": "sft", "dpo": "sft_dpo"}
+FORCE_NEW_HELP = ("if results/<name> holds runs of another config hash, move it aside to "
+                  "results/<name>.<old hash> (nothing is deleted) and start afresh")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run the whole graph (baseline, SFT, DPO, evals, aggregate) "
+                         "and wait; prints the table")
+    add_config_args(run)
+    run.add_argument("--executor", default=None,
+                     help="local (default: a process per job here), debug (in this process), "
+                     "slurm (queue and wait); default: cluster.executor")
+    run.add_argument("--force-new", action="store_true", help=FORCE_NEW_HELP)
+    run.add_argument("--parallel", type=int, default=None,
+                     help="local jobs at once (default: cores / cluster.cpus_per_task)")
+    run.set_defaults(handler=_run)
+
+    submit = sub.add_parser("submit", help="queue the graph on SLURM (afterok deps, arrays over "
+                            "seeds), write manifest.json, print the job table and return")
+    add_config_args(submit)
+    submit.add_argument("--force-new", action="store_true", help=FORCE_NEW_HELP)
+    submit.set_defaults(handler=_submit)
+
+    status = sub.add_parser("status", help="done/running/pending/failed per stage, job ids, logs")
+    status.add_argument("results_dir", type=Path, help="results/<experiment>")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=_status)
+
+    cancel = sub.add_parser("cancel", help="cancel every unfinished job of an experiment")
+    cancel.add_argument("results_dir", type=Path, help="results/<experiment>")
+    cancel.set_defaults(handler=_cancel)
+
+    stage = sub.add_parser("stage", help="run one stage in this process (used by jobs/*.sbatch)")
+    stage.add_argument("stage", help=f"one of: {', '.join(STAGES)} (eval = generate + metrics)")
+    add_config_args(stage)
+    stage.add_argument("--variant", default=None,
+                       help="baseline, sft, sft_dpo or a sweep point (default: sft for sft, "
+                       "sft_dpo for dpo)")
+    stage.add_argument("--seed", type=int, default=None, help="one of the config's seeds")
+    stage.set_defaults(handler=_stage)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from empo.launch.run import run_experiment
+
+    cfg = load_experiment(args, ensure_assets=False)
+    executor = args.executor or cfg.cluster.executor
+    outcome = run_experiment(cfg, executor, force_new=args.force_new, parallel=args.parallel)
+    if outcome.moved_aside:
+        print(f"empo: moved the old results aside to {outcome.moved_aside}", file=sys.stderr)
+    _print_table(cfg.experiment_dir)
+    if outcome.failed:
+        lines = [f"  {s.key}: {s.state}" + (f" ({s.reason})" if s.reason else "")
+                 + (f"\n    log: {s.log}" if s.state == "failed" and s.log else "")
+                 for s in outcome.failed]
+        print("empo: not every stage finished:\n" + "\n".join(lines), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_table(experiment_dir: Path) -> None:
+    table = experiment_dir / "table.md"
+    if table.exists():
+        sys.stdout.write(table.read_text())
+        sys.stdout.flush()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from empo.launch.run import submit_experiment
+    from empo.launch.status import console
+
+    cfg = load_experiment(args, ensure_assets=False)
+    graph, entries, moved = submit_experiment(cfg, force_new=args.force_new)
+    if moved:
+        print(f"empo: moved the old results aside to {moved}", file=sys.stderr)
+    if not entries:
+        print(f"{cfg.experiment_dir}: every stage is done; nothing submitted")
+        _print_table(cfg.experiment_dir)
+        return 0
+    table = Table(title=f"{cfg.name}: {len(set(e['job_id'] for e in entries.values()))} jobs "
+                  f"queued ({cfg.experiment_dir / 'manifest.json'})", title_justify="left")
+    for column in ("stage", "job", "log"):
+        table.add_column(column, overflow="fold")
+    for stage in graph:
+        if stage.key in entries:
+            table.add_row(stage.key, entries[stage.key]["job_id"], entries[stage.key]["stderr"])
+    console().print(table)
+    return 0
+
+
+def _experiment(results_dir: Path):
+    from empo.launch.experiment import EXPERIMENT_FILE
+    from empo.pipeline import build_graph
+    from empo.results.aggregate import experiment_config
+
+    cfg = experiment_config(results_dir)
+    if cfg is None:
+        raise LaunchError(f"{results_dir}: no {EXPERIMENT_FILE} (expected results/<experiment> "
+                          "written by empo run or empo submit)")
+    # The stored config names results/<name>; the directory given is where it is now.
+    cfg.results_dir, cfg.name = str(results_dir.resolve().parent), results_dir.resolve().name
+    return cfg, build_graph(cfg)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from empo.launch.manifest import read_manifest
+    from empo.launch.status import console, experiment_status, render, summary
+
+    cfg, graph = _experiment(args.results_dir)
+    statuses = experiment_status(graph, read_manifest(cfg.experiment_dir))
+    if args.json:
+        print(json.dumps([s.to_dict() for s in statuses], indent=2))
+    else:
+        console().print(render(statuses, title=f"{cfg.name}: {summary(statuses)}"))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from empo.launch.manifest import read_manifest
+    from empo.launch.status import cancel
+
+    cfg, graph = _experiment(args.results_dir)
+    cancelled = cancel(graph, read_manifest(cfg.experiment_dir))
+    print(f"cancelled {len(cancelled)} job(s)" + (f": {' '.join(cancelled)}" if cancelled else ""))
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from empo.launch.experiment import write_experiment
+    from empo.pipeline import build_graph, stage_call
+
+    if args.stage not in STAGES:
+        raise LaunchError(f"unknown stage {args.stage!r}; allowed: {', '.join(STAGES)}")
+    cfg = load_experiment(args)
+    stages = select_stages(build_graph(cfg), args.stage, args.variant, args.seed, cfg.seeds)
+    write_experiment(cfg)
+    outcome = stage_call(stages)()
+    for key, what in outcome.items():
+        print(f"{key}: {what}")
+    return 0
+
+
+def select_stages(graph, stage: str, variant: str | None, seed: int | None, seeds: list[int]):
+    """The stages `empo stage` runs, after checking that what they read is done."""
+    from empo.pipeline import EVAL_STAGES, Variant, eval_stages
+
+    if stage == "aggregate":
+        selected = [graph.stages["aggregate"]] if "aggregate" in graph.stages else []
+        if not selected:
+            raise LaunchError("this experiment evaluates nothing (eval.metrics is empty)")
+    else:
+        variant = variant or DEFAULT_VARIANT.get(stage)
+        if variant is None:
+            raise LaunchError(f"empo stage {stage}: --variant is required "
+                              f"(one of: {', '.join(v.name for v in graph.variants)})")
+        if seed is None:
+            if len(seeds) != 1:
+                raise LaunchError(f"empo stage {stage}: --seed is required (one of "
+                                  f"{', '.join(map(str, seeds))})")
+            seed = seeds[0]
+        kinds = EVAL_STAGES if stage == "eval" else (stage,)
+        share = graph.stages.get(f"share/{variant}/seed-{seed}")
+        if share is not None and stage in EVAL_STAGES + ("eval",):
+            if all(graph.stages[d].is_done() for d in share.deps):
+                selected = [share]
+            else:  # the first seed's baseline is not evaluated yet: evaluate this seed itself
+                baseline = Variant("baseline", "baseline", share.config)
+                selected = [s for s in eval_stages(baseline, seed, share.directory, (), None)
+                            if s.kind in kinds]
+        else:
+            selected = [s for s in graph if s.kind in kinds and s.variant == variant
+                        and s.seed == seed]
+            if not selected:
+                graph.select(kinds[0], variant, seed)  # raises, listing what exists
+    keys = {s.key for s in selected}
+    missing = [d for s in selected for d in s.deps if d not in keys and not graph.stages[d].is_done()]
+    if missing:
+        raise LaunchError(f"empo stage {stage}: needs {', '.join(dict.fromkeys(missing))} first "
+                          "(its DONE marker is missing)")
+    return selected

@@ -1,0 +1,96 @@
+"""results/<name>/manifest.json: the jobs started for each stage, the code and config they ran.
+
+One entry per stage key (`sft/sft/seed-1`, `aggregate`): the job id (an array task `123_4` on
+SLURM, a process id locally), the job's logs and folder. Each submission updates the entries of
+the stages it started and appends itself to `submissions`; entries of stages it did not need to
+start (already done) are kept. Only ids, paths, the git commit, the config hash and the container
+image are written: never the environment, tokens or credentials.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from empo.config import ExperimentConfig
+from empo.errors import LaunchError
+from empo.results.store import atomic_write_json, file_lock
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(experiment_dir: Path) -> dict[str, Any]:
+    """The manifest, or {} when nothing was started from this results directory yet."""
+    path = Path(experiment_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LaunchError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise LaunchError(f"{path}: expected a JSON object")
+    return data
+
+
+def git_commit(root: Path) -> tuple[str | None, bool]:
+    """(HEAD commit of the project checkout or None, whether the tree has local changes)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "-q", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, bool(status)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
+                jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Merge `jobs` (stage key -> entry) into the manifest; the first call for a job folder
+    appends a submission, later ones (a local run starting jobs one by one) extend it."""
+    exp = cfg.experiment_dir
+    commit, dirty = git_commit(cfg.root)
+    from empo.launch.containers import image_path
+
+    with file_lock(exp / f".{MANIFEST}.lock"):
+        manifest = read_manifest(exp)
+        manifest.update({
+            "experiment": cfg.name,
+            "config_hash": cfg.config_hash(),
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "executor": executor,
+            "container": {"runtime": cfg.cluster.container.runtime, "image": image_path(cfg)},
+        })
+        manifest.setdefault("jobs", {}).update(jobs)
+        ids = {entry["job_id"] for entry in jobs.values()}
+        submissions = manifest.setdefault("submissions", [])
+        if submissions and submissions[-1]["folder"] == str(folder):
+            submissions[-1]["job_ids"] = sorted(ids | set(submissions[-1]["job_ids"]))
+        else:
+            submissions.append({"at": now(), "executor": executor, "folder": str(folder),
+                                "git_commit": commit, "seeds": list(cfg.seeds),
+                                "job_ids": sorted(ids)})
+        atomic_write_json(exp / MANIFEST, manifest)
+    return manifest
+
+
+def update_job(cfg: ExperimentConfig, stage_keys: list[str], **fields: Any) -> None:
+    """Set fields of existing entries (e.g. a local job's exit state)."""
+    exp = cfg.experiment_dir
+    with file_lock(exp / f".{MANIFEST}.lock"):
+        manifest = read_manifest(exp)
+        for key in stage_keys:
+            if key in manifest.get("jobs", {}):
+                manifest["jobs"][key].update(fields)
+        atomic_write_json(exp / MANIFEST, manifest)

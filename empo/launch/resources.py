@@ -1,0 +1,57 @@
+"""What one job asks for, from `cfg.cluster` (and its profile in configs/cluster/*.yaml).
+
+Training jobs (sft, dpo) take `nodes` nodes with one task per GPU (`gpus_per_node` tasks; one
+task on CPU nodes); evaluation jobs one task with one GPU (where the nodes have GPUs); the
+baseline share and the aggregate one CPU task. Memory is per node (eval jobs ask for their GPU's
+share of it, so two evals can share a node). Walltime comes from `cluster.time[<stage>]`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from empo.config import ClusterConfig, ExperimentConfig
+
+# job kind -> key of cluster.time (minutes)
+TIME_KEYS = {"sft": "sft", "dpo": "dpo", "eval": "eval", "share": "aggregate", "aggregate": "aggregate"}
+DEFAULT_MINUTES = ClusterConfig().time
+
+
+@dataclass(frozen=True)
+class Resources:
+    """One job's request, executor-neutral (submitit's generic names)."""
+
+    name: str
+    timeout_min: int
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: int = 8
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    max_requeues: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)   # more sbatch options (cluster.slurm_extra)
+
+
+def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
+    """The request of a job of `kind` (sft, dpo, eval, share, aggregate)."""
+    cluster = cfg.cluster
+    if kind not in TIME_KEYS:
+        raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(TIME_KEYS)}")
+    time_key = TIME_KEYS[kind]
+    minutes = int(cluster.time.get(time_key, DEFAULT_MINUTES.get(time_key, 60)))
+    common = dict(name=name, timeout_min=minutes, cpus_per_task=cluster.cpus_per_task,
+                  mem_gb=cluster.mem_gb, partition=cluster.partition, account=cluster.account,
+                  qos=cluster.qos, max_requeues=cluster.max_requeues,
+                  extra=dict(cluster.slurm_extra))
+    if kind in ("sft", "dpo"):
+        gpus = cluster.gpus_per_node
+        return Resources(nodes=cluster.nodes, tasks_per_node=max(1, gpus), gpus_per_node=gpus,
+                         **common)
+    if kind == "eval":  # one GPU of a node: its share of the node's memory
+        share = cluster.mem_gb // cluster.gpus_per_node if cluster.gpus_per_node > 1 else cluster.mem_gb
+        return Resources(gpus_per_node=min(1, cluster.gpus_per_node),
+                         **{**common, "mem_gb": max(1, share)})
+    return Resources(**{**common, "cpus_per_task": 1, "mem_gb": min(cluster.mem_gb, 4)})

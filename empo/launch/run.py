@@ -1,0 +1,291 @@
+"""`empo run` / `empo submit`: check, prepare results/<name>, start the pending stages, and (for
+run) wait with a live status table on stderr.
+
+Local and debug executors: this process schedules each job once the jobs it needs have
+succeeded, at most `parallel` at a time (the cores divided by cluster.cpus_per_task). SLURM:
+everything is queued at once with dependencies and watched through sacct.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from submitit.helpers import environment_variables
+
+from empo.config import ExperimentConfig
+from empo.errors import LaunchError
+from empo.launch import (check_launch, clean_submission_env, job_environment, job_resources,
+                         make_executor)
+from empo.launch.experiment import check_experiment_dir, write_experiment
+from empo.launch.manifest import read_manifest, record_jobs, update_job
+from empo.launch.plan import Unit, plan_units
+from empo.launch.status import (RUNNING, WAITING, StageStatus, experiment_status,
+                                job_states, normalize, render, summary)
+from empo.launch.submit import entry, job_folder, job_name, submit_graph
+from empo.pipeline import Graph, build_graph, stage_call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """How a run ended: stage statuses and where the aggregate table is."""
+
+    graph: Graph
+    statuses: list[StageStatus]
+    table: Path | None = None
+    moved_aside: Path | None = None
+
+    @property
+    def failed(self) -> list[StageStatus]:
+        return [s for s in self.statuses if s.state != "done"]
+
+
+def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False) -> tuple[Graph, Path | None]:
+    """Validate everything, then create the tiny assets and record experiment.yaml."""
+    check_launch(cfg, executor)
+    try:
+        check_experiment_dir(cfg)
+    except LaunchError:
+        if not force_new:
+            raise
+        _refuse_if_active(cfg.experiment_dir)
+    if cfg.assets:
+        from empo.assets import ensure_tiny_assets
+
+        ensure_tiny_assets(cfg.resolve(cfg.assets))
+    moved = write_experiment(cfg, force_new=force_new)
+    return build_graph(cfg), moved
+
+
+def _refuse_if_active(experiment_dir: Path) -> None:
+    """--force-new must not move a directory that queued or running jobs still write into."""
+    jobs = read_manifest(experiment_dir).get("jobs", {})
+    if not jobs:
+        return
+    states = job_states(jobs)
+    live = RUNNING | (WAITING - {"UNKNOWN", ""})  # UNKNOWN: accounting has no record (old cluster)
+    active = sorted({job for job, state in states.items() if normalize(state) in live})
+    if active:
+        raise LaunchError(f"{experiment_dir}: jobs {' '.join(active)} are still queued or running; "
+                          f"`empo cancel {experiment_dir}` first, then --force-new")
+
+
+# ----------------------------------------------------------------------------- local / debug
+
+@dataclass
+class _Job:
+    unit: Unit
+    job: Any = None
+    state: str = "waiting"          # waiting | running | done | failed | not-run
+    started: float = 0.0
+    reason: str = ""
+    log: str | None = None
+    gpus: tuple[int, ...] = ()      # the GPUs it holds while running (local executor)
+
+
+def run_local(cfg: ExperimentConfig, graph: Graph, executor: str, parallel: int | None = None,
+              poll_s: float = 0.5, console: Any = None) -> list[StageStatus]:
+    """Run the pending stages with the local or debug executor; returns the final statuses."""
+    from rich.live import Live
+
+    folder = job_folder(cfg, executor)
+    parallel = parallel or max(1, (os.cpu_count() or 1) // max(1, cfg.cluster.cpus_per_task))
+    jobs = {unit.key: _Job(unit) for unit in plan_units(graph)}
+    gpus = local_gpus(cfg.cluster.gpus_per_node) if executor == "local" else []
+    console = console or _console()
+    say = console.print
+    with Live(render(_local_statuses(graph, jobs)), console=console, refresh_per_second=2,
+              transient=False) as live:
+        try:
+            while any(j.state in ("waiting", "running") for j in jobs.values()):
+                _start_ready(cfg, executor, folder, jobs, parallel, gpus, say)
+                _collect(cfg, jobs, gpus, say)
+                live.update(render(_local_statuses(graph, jobs)))
+                if any(j.state == "running" for j in jobs.values()):
+                    time.sleep(poll_s)
+        except BaseException:
+            for job in jobs.values():
+                if job.state == "running" and executor == "local":
+                    job.job.cancel(check=False)
+            raise
+        statuses = _local_statuses(graph, jobs)
+        live.update(render(statuses, title=f"{cfg.name}: {summary(statuses)}"))
+    return statuses
+
+
+def local_gpus(gpus_per_node: int) -> list[int]:
+    """The GPUs local jobs share: this process's CUDA_VISIBLE_DEVICES (inside an allocation,
+    e.g. jobs/pipeline.sbatch), else 0..gpus_per_node-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [int(x) for x in visible.split(",") if x.strip().isdigit()]
+    return ids if ids and visible.strip() else list(range(gpus_per_node))
+
+
+def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
+    """Start waiting jobs whose deps succeeded, within `parallel` jobs and the free GPUs (`gpus`,
+    taken while a job runs: concurrent local jobs never share a GPU)."""
+    running = sum(j.state == "running" for j in jobs.values())
+    for job in jobs.values():
+        if job.state != "waiting":
+            continue
+        blocked = [d for d in job.unit.deps if jobs[d].state in ("failed", "not-run")]
+        if blocked:
+            root = jobs[blocked[0]].reason.split("dependency ", 1)[-1].split(" failed")[0] \
+                if jobs[blocked[0]].state == "not-run" else blocked[0]
+            job.state, job.reason = "not-run", f"dependency {root} failed"
+            continue
+        if running >= parallel or any(jobs[d].state != "done" for d in job.unit.deps):
+            continue
+        name = job_name(cfg, job.unit.kind, job.unit.variant)
+        resources = job_resources(cfg, job.unit.kind, name)
+        need = resources.gpus_per_node if executor == "local" else 0
+        if need > len(gpus):
+            continue  # wait until a running job gives its GPUs back
+        job.gpus, gpus[:] = tuple(gpus[:need]), gpus[need:]
+        ex = make_executor(cfg, executor, folder, resources, visible_gpus=job.gpus)
+        env = job_environment(resources) if executor == "local" else {}
+        # the job inherits this environment: no SLURM/torch distributed variables of ours
+        with clean_submission_env(), environment_variables(**env):
+            job.job = ex.submit(stage_call(job.unit.stages))
+        job.state, job.started, running = "running", time.time(), running + 1
+        job.log = str(job.job.paths.stderr)
+        record_jobs(cfg, executor, folder,
+                    {s.key: entry(job.job, job.unit, executor, folder, None) for s in job.unit.stages})
+        say(f"[cyan]start[/] {job.unit.key} (job {job.job.job_id})", highlight=False)
+
+
+def _collect(cfg, jobs, gpus, say) -> None:
+    for job in jobs.values():
+        if job.state != "running":
+            continue
+        try:
+            if not job.job.done():
+                continue
+            error = job.job.exception()
+        except Exception as err:  # noqa: BLE001 - the debug executor raises the stage's error
+            error = err
+        gpus.extend(job.gpus)
+        job.gpus = ()
+        took = time.time() - job.started
+        keys = [s.key for s in job.unit.stages]
+        if error is None:
+            job.state = "done"
+            update_job(cfg, keys, state="COMPLETED")
+            say(f"[green]done[/]  {job.unit.key} in {took:.0f} s", highlight=False)
+        else:
+            job.state, job.reason = "failed", _last_line(str(error))
+            update_job(cfg, keys, state="FAILED")
+            say(f"[bold red]FAILED[/] {job.unit.key} after {took:.0f} s: {job.reason}\n"
+                f"       log: {job.log}", highlight=False)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()
+             and not line.startswith("-----")]
+    tail = [line for line in lines if not line.startswith(("You can check full logs", "or at paths",
+                                                           "- /"))]
+    return (tail or lines or ["unknown error"])[-1][:300]
+
+
+def _local_statuses(graph: Graph, jobs: dict[str, _Job]) -> list[StageStatus]:
+    unit_of = {s.key: j for j in jobs.values() for s in j.unit.stages}
+    out: dict[str, StageStatus] = {}
+    for stage in graph:
+        job = unit_of.get(stage.key)
+        job_id = str(job.job.job_id) if job is not None and job.job is not None else None
+        log = job.log if job is not None else None
+        if stage.is_done():
+            out[stage.key] = StageStatus(stage.key, "done", job_id, log)
+        elif job is None:
+            out[stage.key] = StageStatus(stage.key, "pending")
+        elif job.state == "waiting":
+            out[stage.key] = StageStatus(stage.key, "pending", reason="waiting for " + ", ".join(
+                d for d in job.unit.deps if jobs[d].state != "done"))
+        elif job.state == "running":
+            out[stage.key] = StageStatus(stage.key, "running", job_id, log)
+        elif job.state == "not-run":
+            out[stage.key] = StageStatus(stage.key, "not-run", None, None, job.reason)
+        else:  # the job failed or ended without this stage's marker
+            inner = [d for d in stage.deps if d in out and out[d].state in ("failed", "not-run")
+                     and unit_of.get(d) is job]
+            if inner:
+                out[stage.key] = StageStatus(stage.key, "not-run", job_id, log,
+                                             f"dependency {inner[0]} failed")
+            else:
+                out[stage.key] = StageStatus(stage.key, "failed", job_id, log,
+                                             job.reason or "ended without its DONE marker")
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------- slurm
+
+def wait_slurm(cfg: ExperimentConfig, graph: Graph, poll_s: float = 5.0,
+               timeout_s: float | None = None, console: Any = None) -> list[StageStatus]:
+    """Watch a submitted experiment until nothing can progress; cancels jobs left waiting on a
+    failed dependency (on clusters that do not kill them)."""
+    from rich.live import Live
+
+    console = console or _console()
+    start = time.time()
+    statuses = experiment_status(graph, read_manifest(cfg.experiment_dir))
+    seen = {s.key: s.state for s in statuses}
+    with Live(render(statuses), console=console, refresh_per_second=1, transient=False) as live:
+        while True:
+            statuses = experiment_status(graph, read_manifest(cfg.experiment_dir))
+            for status in statuses:
+                if seen.get(status.key) != status.state:
+                    seen[status.key] = status.state
+                    console.print(f"{status.state:9} {status.key} {status.reason}", highlight=False)
+            live.update(render(statuses))
+            active = [s for s in statuses if s.state in ("running", "pending")]
+            stuck = [s for s in active if s.state == "pending" and " failed" in s.reason]
+            if len(stuck) == len(active):
+                if stuck:
+                    from empo.launch.status import cancel
+
+                    cancel(graph, read_manifest(cfg.experiment_dir))
+                    statuses = experiment_status(graph, read_manifest(cfg.experiment_dir))
+                break
+            if timeout_s is not None and time.time() - start > timeout_s:
+                raise LaunchError(f"{cfg.experiment_dir}: still running after {timeout_s:.0f} s "
+                                  f"({summary(statuses)})")
+            time.sleep(poll_s)
+        live.update(render(statuses, title=f"{cfg.name}: {summary(statuses)}"))
+    return statuses
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False,
+                   parallel: int | None = None, console: Any = None) -> Outcome:
+    """`empo run`: all pending stages, waited for; the aggregate table path when it exists."""
+    graph, moved = prepare(cfg, executor, force_new)
+    if executor == "slurm":
+        submit_graph(cfg, graph, job_folder(cfg, executor))
+        statuses = wait_slurm(cfg, graph, console=console)
+    else:
+        statuses = run_local(cfg, graph, executor, parallel=parallel, console=console)
+    table = cfg.experiment_dir / "table.csv"
+    return Outcome(graph, statuses, table if table.exists() else None, moved)
+
+
+def submit_experiment(cfg: ExperimentConfig, force_new: bool = False
+                      ) -> tuple[Graph, dict[str, Any], Path | None]:
+    """`empo submit`: queue all pending stages on SLURM and return at once."""
+    graph, moved = prepare(cfg, "slurm", force_new)
+    entries = submit_graph(cfg, graph, job_folder(cfg, "slurm"))
+    return graph, entries, moved
+
+
+def _console() -> Any:
+    from empo.launch.status import console
+
+    return console(stderr=True)
+
+
+__all__ = ["Outcome", "prepare", "run_experiment", "run_local", "submit_experiment", "wait_slurm"]

@@ -1,0 +1,101 @@
+"""Send an experiment's pending stages to SLURM: arrays across seeds, afterok/aftercorr deps.
+
+Jobs go in dependency order. If sbatch refuses one (a partition it rejects, a bad account),
+every job submitted before it is cancelled and the error shows sbatch's own message: a
+submission is all or nothing. The manifest is written only once everything is queued.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+from empo.config import ExperimentConfig
+from empo.errors import LaunchError
+from empo.launch import clean_submission_env, job_resources, make_executor
+from empo.launch.manifest import now, record_jobs
+from empo.launch.plan import ArrayPlan, Unit, dependency, plan_arrays, plan_units
+from empo.pipeline import Graph, stage_call
+
+log = logging.getLogger(__name__)
+
+
+def job_folder(cfg: ExperimentConfig, executor: str) -> Path:
+    """A fresh submitit folder per submission (results/<name>/jobs/<time>-<executor>-<id>): job
+    ids restart at 1 on a new cluster, and stale result pickles must never answer for new jobs."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg.experiment_dir / "jobs" / f"{stamp}-{executor}-{uuid.uuid4().hex[:6]}"
+
+
+def job_name(cfg: ExperimentConfig, kind: str, variant: str | None) -> str:
+    return f"{cfg.name}:{kind}" + (f":{variant}" if variant else "")
+
+
+def entry(job: Any, unit: Unit, executor: str, folder: Path, array_id: str | None) -> dict[str, Any]:
+    """The manifest entry of one job (shared by the stages of its unit)."""
+    return {"job_id": str(job.job_id), "array_id": array_id, "unit": unit.key,
+            "executor": executor, "folder": str(folder), "stdout": str(job.paths.stdout),
+            "stderr": str(job.paths.stderr), "submitted_at": now()}
+
+
+def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str, dict[str, Any]]:
+    """Queue every pending stage on SLURM; returns stage key -> manifest entry (also recorded)."""
+    units = plan_units(graph)
+    if not units:
+        return {}
+    arrays = plan_arrays(units)
+    by_key = {plan.key: plan for plan in arrays}
+    job_ids: dict[str, str] = {}
+    array_ids: dict[str, str] = {}
+    queued: list[str] = []
+    entries: dict[str, dict[str, Any]] = {}
+    for plan in arrays:
+        dep = dependency(plan, by_key, job_ids, array_ids)
+        name = job_name(cfg, plan.kind, plan.variant)
+        executor = make_executor(cfg, "slurm", folder, job_resources(cfg, plan.kind, name),
+                                 dependency=dep)
+        try:  # jobs must not inherit this process's SLURM_*/RANK/MASTER_* (e.g. inside a job)
+            with clean_submission_env():
+                jobs = executor.submit_array([stage_call(unit.stages) for unit in plan.units])
+        except Exception as err:  # noqa: BLE001 - sbatch's refusal, whatever submitit wraps it in
+            undone = _cancel(queued)
+            message = str(err).strip() or type(err).__name__
+            rolled = (f"; cancelled the {len(undone)} job(s) queued before it ({' '.join(undone)})"
+                      if undone else "; nothing was submitted")
+            raise LaunchError(f"sbatch refused job {name!r} (partition "
+                              f"{cfg.cluster.partition or 'default'}): {message}{rolled}") from None
+        array_id = jobs[0].job_id.split("_")[0] if len(jobs) > 1 else None
+        if array_id:
+            array_ids[plan.key] = array_id
+            queued.append(array_id)
+        else:
+            queued.append(jobs[0].job_id)
+        for unit, job in zip(plan.units, jobs):
+            job_ids[unit.key] = job.job_id
+            for stage in unit.stages:
+                entries[stage.key] = entry(job, unit, "slurm", folder, array_id)
+        log.info("queued %s: %s%s", plan.key, array_id or jobs[0].job_id,
+                 f" (after {dep})" if dep else "")
+    record_jobs(cfg, "slurm", folder, entries)
+    return entries
+
+
+def _cancel(job_ids: list[str]) -> list[str]:
+    if not job_ids:
+        return []
+    subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+    return job_ids
+
+
+def job_table(arrays: list[ArrayPlan], entries: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """(job, seeds, job id, dependency-free log) rows for printing a submission."""
+    rows = []
+    for plan in arrays:
+        for unit in plan.units:
+            first = entries.get(unit.stages[0].key, {})
+            rows.append((unit.key, ", ".join(s.kind for s in unit.stages),
+                         first.get("job_id", "-"), first.get("stderr", "")))
+    return rows

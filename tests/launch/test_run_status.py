@@ -1,0 +1,81 @@
+"""`empo status`: each stage's state from its marker, its manifest entry and its job's state;
+a failed stage's dependants say why they never ran."""
+from __future__ import annotations
+
+from launchutil import finish_stage
+
+from empo.launch.plan import plan_units
+from empo.launch.status import stage_statuses, summary
+from empo.pipeline import build_graph
+
+
+def manifest_jobs(graph):
+    """A manifest as a submission writes it: each unit's stages share its job id."""
+    jobs = {}
+    for number, unit in enumerate(plan_units(graph), start=1):
+        for stage in unit.stages:
+            jobs[stage.key] = {"job_id": str(number), "executor": "slurm", "unit": unit.key,
+                               "stderr": f"/jobs/{number}_0_log.err"}
+    return jobs
+
+
+def test_a_failed_dpo_cancels_its_evaluation_and_the_aggregate_with_the_reason(make_cfg):
+    graph = build_graph(make_cfg(seeds=[1]))
+    jobs = manifest_jobs(graph)
+    for stage in graph:
+        if stage.variant in ("baseline", "sft"):
+            finish_stage(stage)
+    states = {jobs["dpo/sft_dpo/seed-1"]["job_id"]: "FAILED",
+              jobs["generate/sft_dpo/seed-1"]["job_id"]: "CANCELLED by 0",
+              jobs["aggregate"]["job_id"]: "CANCELLED by 0"}
+    status = {s.key: s for s in stage_statuses(graph, jobs, states)}
+    assert status["sft/sft/seed-1"].state == "done"
+    assert status["dpo/sft_dpo/seed-1"].state == "failed"
+    assert status["dpo/sft_dpo/seed-1"].log == jobs["dpo/sft_dpo/seed-1"]["stderr"]
+    for key in ("generate/sft_dpo/seed-1", "epitome/sft_dpo/seed-1", "mmlu/sft_dpo/seed-1",
+                "aggregate"):
+        assert status[key].state == "cancelled", key
+        assert status[key].reason == "dependency dpo/sft_dpo/seed-1 failed", key
+    assert summary(list(status.values())).startswith("9 done, 1 failed, 5 cancelled")
+
+
+def test_dependants_still_queued_behind_a_failure_say_they_will_never_start(make_cfg):
+    graph = build_graph(make_cfg(seeds=[1]))
+    jobs = manifest_jobs(graph)
+    states = {entry["job_id"]: "PENDING" for entry in jobs.values()}
+    states[jobs["sft/sft/seed-1"]["job_id"]] = "TIMEOUT"
+    status = {s.key: s for s in stage_statuses(graph, jobs, states)}
+    assert status["sft/sft/seed-1"].state == "failed" and "TIMEOUT" in status["sft/sft/seed-1"].reason
+    assert status["dpo/sft_dpo/seed-1"].state == "pending"
+    assert "dependency sft/sft/seed-1 failed" in status["dpo/sft_dpo/seed-1"].reason
+    assert "never start" in status["generate/sft_dpo/seed-1"].reason
+    assert status["generate/baseline/seed-1"].state == "pending"
+    assert status["generate/baseline/seed-1"].reason == ""
+
+
+def test_inside_a_failed_evaluation_job_stages_after_the_failure_did_not_run(make_cfg):
+    graph = build_graph(make_cfg(seeds=[1]))
+    jobs = manifest_jobs(graph)
+    finish_stage(graph.stages["sft/sft/seed-1"])
+    finish_stage(graph.stages["mmlu/sft/seed-1"])  # the job went on past the failed generation
+    states = {jobs["generate/sft/seed-1"]["job_id"]: "FAILED"}
+    status = {s.key: s for s in stage_statuses(graph, jobs, states)}
+    assert status["generate/sft/seed-1"].state == "failed"
+    assert status["epitome/sft/seed-1"].state == "not-run"
+    assert status["epitome/sft/seed-1"].reason == "dependency generate/sft/seed-1 failed"
+    assert status["mmlu/sft/seed-1"].state == "done"
+
+
+def test_running_completed_without_marker_and_never_submitted(make_cfg):
+    graph = build_graph(make_cfg(seeds=[1], eval__metrics=["mmlu"]))
+    jobs = manifest_jobs(graph)
+    sft = jobs["sft/sft/seed-1"]["job_id"]
+    dpo = jobs.pop("dpo/sft_dpo/seed-1")["job_id"]
+    status = {s.key: s for s in stage_statuses(graph, jobs, {sft: "RUNNING", dpo: "COMPLETED"})}
+    assert status["sft/sft/seed-1"].state == "running"
+    assert status["dpo/sft_dpo/seed-1"].state == "not-run"
+    assert status["dpo/sft_dpo/seed-1"].reason == "not submitted"
+    jobs["dpo/sft_dpo/seed-1"] = {"job_id": dpo, "executor": "slurm"}
+    status = {s.key: s for s in stage_statuses(graph, jobs, {sft: "RUNNING", dpo: "COMPLETED"})}
+    assert status["dpo/sft_dpo/seed-1"].state == "failed"
+    assert "without writing DONE" in status["dpo/sft_dpo/seed-1"].reason
