@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,26 +85,27 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from empo.data.chat import eligible, sft_example
-    from empo.results.store import atomic_write_jsonl
+    from empo.data.chat import sft_example
 
-    _check_out(args.out)
-    result = _load(args)
-    rows = (sft_example(d, args.system_prompt) for d in eligible(result.dialogues))
-    count = atomic_write_jsonl(args.out, rows)
-    print(f"{args.out}: {count} SFT examples")
-    return 0
+    return _export(args, sft_example, "SFT examples")
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from empo.data.chat import eligible, eval_example
+    from empo.data.chat import eval_example
+
+    return _export(args, eval_example, "eval examples")
+
+
+def _export(args: argparse.Namespace, example: Callable[..., dict], what: str) -> int:
+    """One JSONL row per eligible dialogue of the split, written atomically."""
+    from empo.data.chat import eligible
     from empo.results.store import atomic_write_jsonl
 
     _check_out(args.out)
     result = _load(args)
-    rows = (eval_example(d, args.system_prompt) for d in eligible(result.dialogues))
+    rows = (example(d, args.system_prompt) for d in eligible(result.dialogues))
     count = atomic_write_jsonl(args.out, rows)
-    print(f"{args.out}: {count} eval examples")
+    print(f"{args.out}: {count} {what}")
     return 0
 
 

@@ -24,6 +24,10 @@ from empo.errors import LaunchError
 
 log = logging.getLogger(__name__)
 
+# Host variables a job needs inside podman (trailing * = every variable with that prefix).
+PODMAN_ENV = ("SLURM_*", "SUBMITIT_*", "EMPO_*", "HF_*", "TORCH_*", "NCCL_*", "CUDA_*", "NVIDIA_*",
+              "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+              "LOCAL_WORLD_SIZE", "GROUP_RANK", "PYTHONPATH", "TRANSFORMERS_*", "TOKENIZERS_*")
 RUNTIMES = ("none", "apptainer", "pyxis", "podman", "charliecloud")
 BINARIES = {"apptainer": ("apptainer", "singularity"), "podman": ("podman",),
             "charliecloud": ("ch-run",), "pyxis": ("srun",)}
@@ -152,8 +156,10 @@ def container_command(cfg: ExperimentConfig, always_bind: Iterable[Path],
             words += ["--bind", ",".join(spec(*p) for p in pairs)]
         return ContainerCommand(" ".join(map(q, words + [image, python])))
     if runtime == "podman":
-        words = ["podman", "run", "--rm", "--env-host", "--network", "host", "--ipc", "host",
+        words = ["podman", "run", "--rm", "--network", "host", "--ipc", "host",
                  "--security-opt", "label=disable"]
+        for pattern in PODMAN_ENV:  # not --env-host: it would replace the image's PATH
+            words += ["--env", pattern]
         for pair in pairs:
             words += ["-v", spec(*pair)]
         if gpus:

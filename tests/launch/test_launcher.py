@@ -95,7 +95,9 @@ def test_apptainer_podman_and_charliecloud_wrap_python_with_every_value_quoted(m
                                         cluster__container__image="localhost/empo:1"),
                                [folder], gpus=False).python
     words = shlex.split(podman)
-    assert words[:3] == ["podman", "run", "--rm"] and "--env-host" in words
+    assert words[:3] == ["podman", "run", "--rm"] and "--env-host" not in words  # keeps image PATH
+    passed = {words[i + 1] for i, w in enumerate(words) if w == "--env"}
+    assert {"SLURM_*", "SUBMITIT_*", "RANK", "MASTER_ADDR"} <= passed
     assert f"{folder}:{folder}" in binds_of(podman, "-v")
     assert words[-2:] == ["localhost/empo:1", "python"]
 
