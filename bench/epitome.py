@@ -55,7 +55,6 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
 
-    import torch
     from transformers import RobertaConfig
 
     from empo.evaluate.epitome import (ASPECTS, EpitomeScorer, classifiers_from_state_dicts,

@@ -12,7 +12,6 @@ import os
 import shlex
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -228,9 +227,6 @@ def test_wrapper_runs_the_command_inside_the_container(slurm_cluster, container_
 @pytest.mark.slow
 def test_sft_wrapper_trains_the_smoke_experiment(slurm_cluster, tmp_path):
     empo = Path(sys.executable).with_name("empo")
-    help_run = subprocess.run([str(empo), "train", "sft", "--help"], capture_output=True, text=True)
-    if help_run.returncode != 0:
-        pytest.skip("`empo train sft` is not available yet (training layer not landed)")
     results = tmp_path / "results"
     status, job_id, output = sbatch_wait(
         slurm_cluster, [*LOCAL, "--mem=4G", "--time=30", str(JOBS / "sft.sbatch"),
