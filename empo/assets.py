@@ -10,8 +10,10 @@ Layout of the directory made by `ensure_tiny_assets(DIR)`:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 from empo.results.store import file_lock
@@ -43,7 +45,8 @@ def ensure_tiny_assets(out_dir: Path) -> Path:
             shutil.rmtree(out_dir)
         out_dir.mkdir()
         log.info("creating tiny offline assets in %s", out_dir)
-        _build(out_dir)
+        with contextlib.redirect_stdout(sys.stderr):  # library chatter must not mix with results
+            _build(out_dir)
         (out_dir / "COMPLETE").write_text("")
     return out_dir
 
