@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from empo.config import GenerationConfig
 from empo.errors import EvalError
 from empo.evaluate import PREDICTION_FIELDS, read_jsonl
 from empo.results.store import atomic_write_jsonl
@@ -27,21 +28,15 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
-class GenerationSettings:
-    """What `generate()` is asked for (cfg.eval.generation + the system prompt)."""
+class GenerationSettings(GenerationConfig):
+    """What `generate()` is asked for: the `eval.generation` fields plus the system prompt."""
 
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 32
     system_prompt: str | None = None
 
     @classmethod
-    def from_config(cls, generation: Any, system_prompt: str | None = None) -> GenerationSettings:
-        return cls(max_new_tokens=generation.max_new_tokens, do_sample=generation.do_sample,
-                   temperature=generation.temperature, top_p=generation.top_p,
-                   batch_size=generation.batch_size, system_prompt=system_prompt)
+    def from_config(cls, generation: GenerationConfig,
+                    system_prompt: str | None = None) -> GenerationSettings:
+        return cls(**asdict(generation), system_prompt=system_prompt)
 
     def check(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
