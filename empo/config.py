@@ -427,9 +427,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _project_root(config_path: Path) -> Path:
-    """The nearest ancestor holding `configs/`: relative paths in a config are taken from there."""
-    for parent in config_path.resolve().parents:
+def project_root(path: Path) -> Path:
+    """The nearest ancestor of `path` holding `configs/`: relative config paths are taken from there."""
+    for parent in Path(path).resolve().parents:
         if (parent / "configs").is_dir():
             return parent
     return Path.cwd()
@@ -493,6 +493,6 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Exper
         key, value = parse_override(text)
         _set_dotted(raw, key, value, source="override")
     try:
-        return from_dict(raw, root=_project_root(path))
+        return from_dict(raw, root=project_root(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from empo.config import ExperimentConfig, from_dict, read_yaml
+from empo.config import ExperimentConfig, from_dict, project_root, read_yaml
 from empo.errors import ConfigError, EmpoError
 from empo.results.store import atomic_write_text
 
@@ -170,17 +170,9 @@ def experiment_config(experiment_dir: Path) -> ExperimentConfig | None:
     if isinstance(cluster, dict):
         cluster.pop("profile", None)  # already merged into the resolved config
     try:
-        return from_dict(raw, root=_project_root(Path(experiment_dir)))
+        return from_dict(raw, root=project_root(Path(experiment_dir)))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-def _project_root(experiment_dir: Path) -> Path:
-    """The nearest ancestor holding configs/ (relative config paths are taken from there)."""
-    for parent in experiment_dir.resolve().parents:
-        if (parent / "configs").is_dir():
-            return parent
-    return Path.cwd()
 
 
 def load_rows(experiment_dir: Path, cfg: ExperimentConfig | None = None,
