@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TABLE1 = ROOT / "configs" / "experiments" / "table1.yaml"
-ARCH = ROOT / "configs" / "models" / "mistral-7b.json"
+ARCH = ROOT / "empo" / "defaults" / "models" / "mistral-7b.json"
 
 
 def build_model(out: Path, layers: int, tokenizer_dir: Path) -> Path:

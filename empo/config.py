@@ -33,14 +33,15 @@ class ModelConfig:
     dtype: bfloat16 | float16 | float32 — weights and training precision (paper: bf16).
     attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2).
     chat_template: None = the tokenizer's own template; else a .jinja path to use instead.
-    architecture: a transformers config JSON used by `empo plan` without loading weights.
+    architecture: a transformers config JSON used by `empo plan` without loading weights
+      (default: Mistral-7B's, shipped in the package).
     """
 
     name_or_path: str = "alignment-handbook/zephyr-7b-sft-full"
     dtype: str = "bfloat16"
     attn_implementation: str = "sdpa"
     chat_template: str | None = None
-    architecture: str | None = "configs/models/mistral-7b.json"
+    architecture: str | None = "empo:models/mistral-7b.json"
 
 
 @dataclass
@@ -50,7 +51,7 @@ class DataConfig:
     source: raw ED CSV directory (train/valid/test.csv) or a Hub dataset id in message form.
     train_split / eval_split: splits used for training and for generation + metrics.
     system_prompt: optional system message put before every prompt (paper: none).
-    emotion_table: TSV of emotion -> opposite (paper Table 2 by default).
+    emotion_table: TSV of emotion -> opposite (default: paper Table 2, shipped in the package).
     sampling: balanced (without replacement, cycling the opposite group) | uniform.
     max_eval_examples: evaluate on the first N eval dialogues only (None = all).
     """
@@ -59,7 +60,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     system_prompt: str | None = None
-    emotion_table: str = "configs/emotions/plutchik.tsv"
+    emotion_table: str = "empo:emotions/plutchik.tsv"
     sampling: str = "balanced"
     max_eval_examples: int | None = None
 
@@ -81,7 +82,7 @@ class TrainConfig:
     """Fields shared by the SFT and DPO stages, passed to trl's SFTConfig / DPOConfig.
 
     global_batch_size: effective batch; accumulation = global / (per_device × world size) (paper: 64).
-    deepspeed: none | zero2 | zero2_offload | zero3 (configs/deepspeed/<name>.json) | a JSON path.
+    deepspeed: none | zero2 | zero2_offload | zero3 (empo:deepspeed/<name>.json) | a JSON path.
     save_steps: checkpoint every N optimizer steps; a rerun resumes from the last checkpoint.
     trainer_args: any other trl config field, passed verbatim and checked against trl at stage start.
     """
@@ -193,6 +194,11 @@ class ClusterConfig:
     """Where and how stages run. `profile` names a configs/cluster/*.yaml merged under these keys.
 
     time: minutes per stage (sft, dpo, eval, aggregate). gpu_memory_gb feeds `empo plan`'s verdict.
+    cpu_partition: partition of the CPU-only jobs (baseline share, aggregate); None = `partition`.
+    wckey: sbatch --wckey for every job (None: no --wckey; sites that enforce wckeys set theirs).
+    mail_user / mail_type: sbatch --mail-user / --mail-type (e.g. END,FAIL) for every job.
+    slurm_extra: any other sbatch option for every job, long name without dashes -> value
+      (`{constraint: a100, exclusive: true}`); given last, so it wins over the fields above.
     """
 
     executor: str = "local"
@@ -200,6 +206,10 @@ class ClusterConfig:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    cpu_partition: str | None = None
+    wckey: str | None = None
+    mail_user: str | None = None
+    mail_type: str | None = None
     nodes: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 2
@@ -240,9 +250,8 @@ class ExperimentConfig:
     root: Path = field(default_factory=Path.cwd, repr=False, compare=False)
 
     def resolve(self, value: str | Path) -> Path:
-        """A path from the config, absolute; relative ones are taken from the project root."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.root / path
+        """A path from the config, absolute (see `resolve_path`)."""
+        return resolve_path(value, self.root)
 
     @property
     def experiment_dir(self) -> Path:
@@ -427,6 +436,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+PACKAGE_PREFIX = "empo:"  # `empo:NAME` = a data file shipped in the package, under empo/defaults/
+
+
+def package_file(name: str) -> Path:
+    """The file `empo:NAME` names: empo/defaults/NAME of the installed package (a checkout, a
+    wheel and the container image alike), read with importlib.resources."""
+    from importlib import resources
+
+    relative = name.removeprefix(PACKAGE_PREFIX).strip("/")
+    resource = resources.files("empo").joinpath("defaults", *relative.split("/"))
+    if not relative or ".." in relative.split("/") or not isinstance(resource, Path):
+        raise ConfigError(f"{name}: not a file shipped with empo (empo:DIR/FILE under "
+                          "empo/defaults/ of an unzipped install)")
+    return resource
+
+
+def resolve_path(value: str | Path, root: Path) -> Path:
+    """A path named in a config, made absolute: `empo:NAME` is a file shipped in the package
+    (`package_file`); `~` is expanded; other relative paths are taken from `root` (the project
+    root of the config file, see `project_root`)."""
+    if isinstance(value, str) and value.startswith(PACKAGE_PREFIX):
+        return package_file(value)
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(root) / path
+
+
 def project_root(path: Path) -> Path:
     """The nearest ancestor of `path` holding `configs/`: relative config paths are taken from there."""
     for parent in Path(path).resolve().parents:
@@ -460,10 +495,7 @@ def from_dict(raw: dict[str, Any], root: Path | None = None) -> ExperimentConfig
     root = root or Path.cwd()
     cluster = raw.get("cluster")
     if isinstance(cluster, dict) and cluster.get("profile"):
-        profile_path = Path(cluster["profile"]).expanduser()
-        if not profile_path.is_absolute():
-            profile_path = root / profile_path
-        profile = read_yaml(profile_path)
+        profile = read_yaml(resolve_path(cluster["profile"], root))
         profile.pop("profile", None)
         raw["cluster"] = _deep_merge(profile, cluster)
     try:

@@ -1,7 +1,7 @@
 """`empo plan`: parameters and per-GPU memory of a training stage, without loading any weights.
 
 The model is built on the meta device from `model.architecture` (a transformers config JSON;
-`configs/models/mistral-7b.json` ships Mistral-7B's), so shapes are exact and nothing is read.
+`empo:models/mistral-7b.json` ships Mistral-7B's), so shapes are exact and nothing is read.
 
 Per-GPU memory is composed from parts, because DeepSpeed's estimators assume every parameter is
 trained, while with LoRA only the adapter is:

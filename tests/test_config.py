@@ -91,7 +91,7 @@ def test_hash_is_stable_and_ignores_seeds_and_cluster():
 def test_relative_paths_resolve_from_project_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(SMOKE)
-    assert cfg.resolve(cfg.data.emotion_table) == ROOT / "configs/emotions/plutchik.tsv"
+    assert cfg.resolve(cfg.data.emotion_table) == ROOT / "empo/defaults/emotions/plutchik.tsv"
     assert cfg.experiment_dir == ROOT / "results" / "smoke"
 
 

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pref.add_argument("--epochs", type=int, default=3, help="epochs 0..E-1 (paper: 3)")
     pref.add_argument("--seed", type=int, default=0, help="draws of epoch k seeded by (seed, k)")
     pref.add_argument("--table", type=Path, default=None,
-                      help="emotion table TSV (default: configs/emotions/plutchik.tsv)")
+                      help="emotion table TSV (default: paper Table 2, empo:emotions/plutchik.tsv)")
     pref.add_argument("--sampling", choices=("balanced", "uniform"), default="balanced",
                       help="balanced: without replacement, cycling the opposite group; "
                       "uniform: with replacement")

@@ -13,14 +13,14 @@ from pathlib import Path
 from empo.errors import DataError
 
 TABLE_COLUMNS = ("emotion", "opposite", "source")
-DEFAULT_TABLE = "configs/emotions/plutchik.tsv"
+DEFAULT_TABLE = "empo:emotions/plutchik.tsv"  # paper Table 2, shipped in the package
 
 
 def default_table_path() -> Path:
-    """configs/emotions/plutchik.tsv of the project this package belongs to."""
-    import empo
+    """The paper's table (Table 2) as installed with the package."""
+    from empo.config import package_file
 
-    return Path(empo.__file__).resolve().parents[1] / DEFAULT_TABLE
+    return package_file(DEFAULT_TABLE)
 
 
 @dataclass(frozen=True)

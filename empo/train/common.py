@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEEPSPEED_PRESETS = ("zero2", "zero2_offload", "zero3")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # trl config fields that the stage sets itself; `trainer_args` may not override them.
 MANAGED_ARGS = (
     "output_dir", "seed", "data_seed", "deepspeed", "gradient_accumulation_steps", "use_cpu",
@@ -91,16 +90,15 @@ def gradient_accumulation(global_batch: int, per_device: int, world: int, stage:
 
 
 def deepspeed_config_path(cfg: "ExperimentConfig", stage: str) -> Path | None:
-    """`<stage>.deepspeed`: none -> None; a preset name -> configs/deepspeed/<name>.json; else a path."""
+    """`<stage>.deepspeed`: none -> None; a preset name -> empo:deepspeed/<name>.json; else a path."""
     value = getattr(cfg, stage).deepspeed
     if value in (None, "", "none"):
         return None
     if value in DEEPSPEED_PRESETS:
-        for root in (cfg.root, PROJECT_ROOT):
-            path = Path(root) / "configs" / "deepspeed" / f"{value}.json"
-            if path.is_file():
-                return path
-        raise TrainError(f"{stage}.deepspeed: preset {value!r} not found under configs/deepspeed/")
+        path = cfg.resolve(f"empo:deepspeed/{value}.json")
+        if not path.is_file():
+            raise TrainError(f"{stage}.deepspeed: preset {value!r} is missing from the package ({path})")
+        return path
     path = cfg.resolve(value)
     if not path.is_file():
         raise TrainError(
