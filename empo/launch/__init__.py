@@ -114,4 +114,6 @@ def make_executor(cfg: ExperimentConfig, executor: str, folder: Path, resources:
     if container.srun_args:
         params["slurm_srun_args"] = list(container.srun_args)
     ex.update_parameters(**params)
+    # submitit writes --wckey=submitit unless told None, which AutoExecutor reads as "not set"
+    ex._executor.update_parameters(wckey=resources.wckey)
     return ex

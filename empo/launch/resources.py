@@ -2,8 +2,10 @@
 
 Training jobs (sft, dpo) take `nodes` nodes with one task per GPU (`gpus_per_node` tasks; one
 task on CPU nodes); evaluation jobs one task with one GPU (where the nodes have GPUs); the
-baseline share and the aggregate one CPU task. Memory is per node (eval jobs ask for their GPU's
-share of it, so two evals can share a node). Walltime comes from `cluster.time[<stage>]`.
+baseline share and the aggregate one CPU task, on `cluster.cpu_partition` when set. Memory is per
+node (eval jobs ask for their GPU's share of it, so two evals can share a node). Walltime comes
+from `cluster.time[<stage>]`. Site options (wckey, mail) go to every job; `cluster.slurm_extra`
+passes any other sbatch option through.
 """
 from __future__ import annotations
 
@@ -32,7 +34,25 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     max_requeues: int = 3
-    extra: dict[str, Any] = field(default_factory=dict)   # more sbatch options (cluster.slurm_extra)
+    wckey: str | None = None                              # None: no --wckey at all
+    extra: dict[str, Any] = field(default_factory=dict)   # mail, then cluster.slurm_extra
+
+    def sbatch_options(self) -> list[str]:
+        """The request as sbatch command-line options (jobs/submit-all.sh; what submitit writes
+        as #SBATCH lines for the launcher), extra options last."""
+        options = [f"--job-name={self.name}", f"--time={self.timeout_min}",
+                   f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}",
+                   f"--cpus-per-task={self.cpus_per_task}", f"--mem={self.mem_gb}G",
+                   f"--gpus-per-node={self.gpus_per_node}"]
+        for key in ("partition", "account", "qos", "wckey"):
+            if getattr(self, key):
+                options.append(f"--{key}={getattr(self, key)}")
+        for key, value in self.extra.items():
+            if value is True:
+                options.append(f"--{key}")
+            elif value not in (None, False):
+                options.append(f"--{key}={value}")
+        return options
 
 
 def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
@@ -42,10 +62,11 @@ def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
         raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(TIME_KEYS)}")
     time_key = TIME_KEYS[kind]
     minutes = int(cluster.time.get(time_key, DEFAULT_MINUTES.get(time_key, 60)))
+    mail = {"mail-user": cluster.mail_user, "mail-type": cluster.mail_type}
     common = dict(name=name, timeout_min=minutes, cpus_per_task=cluster.cpus_per_task,
                   mem_gb=cluster.mem_gb, partition=cluster.partition, account=cluster.account,
-                  qos=cluster.qos, max_requeues=cluster.max_requeues,
-                  extra=dict(cluster.slurm_extra))
+                  qos=cluster.qos, max_requeues=cluster.max_requeues, wckey=cluster.wckey,
+                  extra={**{k: v for k, v in mail.items() if v}, **cluster.slurm_extra})
     if kind in ("sft", "dpo"):
         gpus = cluster.gpus_per_node
         return Resources(nodes=cluster.nodes, tasks_per_node=max(1, gpus), gpus_per_node=gpus,
@@ -54,4 +75,5 @@ def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
         share = cluster.mem_gb // cluster.gpus_per_node if cluster.gpus_per_node > 1 else cluster.mem_gb
         return Resources(gpus_per_node=min(1, cluster.gpus_per_node),
                          **{**common, "mem_gb": max(1, share)})
-    return Resources(**{**common, "cpus_per_task": 1, "mem_gb": min(cluster.mem_gb, 4)})
+    return Resources(**{**common, "cpus_per_task": 1, "mem_gb": min(cluster.mem_gb, 4),
+                        "partition": cluster.cpu_partition or cluster.partition})
