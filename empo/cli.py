@@ -6,10 +6,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from empo.commands import assets, config, data, eval as eval_, launch, results, train
+from empo.commands import assets, config, data, eval as eval_, jobs, launch, results, train
 from empo.errors import EmpoError
 
-COMMAND_GROUPS = (config, assets, data, train, eval_, results, launch)
+COMMAND_GROUPS = (config, assets, data, train, eval_, results, launch, jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,12 @@
-"""jobs/*.sbatch: thin wrappers that run one `empo` stage command inside the configured container.
+"""jobs/*.sbatch: thin wrappers whose command comes from `empo job run` (the launcher's container
+command, srun with one task per GPU, job named <experiment>:<stage>:<variant>:seed-<s>, recorded in
+the manifest).
 
 The local node has no GPUs, so the tests override the wrappers' 2xA100 `#SBATCH` lines on the
 sbatch command line (`--gpus-per-node=0`, small CPU/memory), as a user overrides any default.
-Instead of `empo` they run a probe executable (EMPO_BIN) that records its argv and environment,
-which shows what the wrapper launched, where, and with which torch distributed env.
+Instead of `python -m empo.cli` inside the job they run a probe executable (EMPO_BIN) that records
+its argv and environment, which shows what the wrapper launched, where, and with which torch
+distributed env.
 """
 from __future__ import annotations
 
@@ -12,23 +15,30 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from empo.launch.manifest import read_manifest
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 JOBS = PROJECT_ROOT / "jobs"
+SMOKE = "configs/experiments/smoke.yaml"
 WRAPPERS = ["sft", "dpo", "eval", "aggregate", "pipeline"]
 LOCAL = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=200M", "--time=5"]
+BIN = str(Path(sys.executable).parent)   # `empo` of this environment, as an activated venv has it
 
 PROBE = """\
 #!{python}
-import json, os, sys
+import json, os, sys, time
 keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID",
-        "SLURM_PROCID"]
+        "SLURM_PROCID", "SLURM_RESTART_COUNT"]
 print(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(),
                   "in_image": os.path.exists("/etc/empo-test-image"),
                   "env": {{k: os.environ.get(k) for k in keys}}}}), flush=True)
+if os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+    time.sleep(float(os.environ.get("PROBE_SLEEP", "0")))
 sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
 """
 
@@ -46,11 +56,12 @@ def records(output: str) -> list[dict]:
 
 
 def dry_run(wrapper: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`bash jobs/WRAPPER.sbatch ARGS` outside SLURM with EMPO_DRY_RUN=1."""
+    """`bash jobs/WRAPPER.sbatch ARGS` outside SLURM with EMPO_DRY_RUN=1 (EMPO_BIN=empo unless given)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "EMPO_"))}
+    clean["PATH"] = BIN + os.pathsep + clean["PATH"]
     return subprocess.run(["bash", str(JOBS / f"{wrapper}.sbatch"), *args],
-                          env={**clean, "EMPO_DRY_RUN": "1", **env}, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          env={**clean, "EMPO_DRY_RUN": "1", "EMPO_BIN": "empo", **env},
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def dry_command(result: subprocess.CompletedProcess) -> list[str]:
@@ -63,8 +74,8 @@ def dry_command(result: subprocess.CompletedProcess) -> list[str]:
 def sbatch_wait(cluster, args: list[str], out: Path, **env: str) -> tuple[int, str, str]:
     """`sbatch --wait ARGS` from the project root; (exit status, job id, job output)."""
     run = subprocess.run(["sbatch", "--parsable", "--wait", f"--output={out}", *args],
-                         env=cluster.env(**env), cwd=PROJECT_ROOT, capture_output=True,
-                         text=True, timeout=600)
+                         env=cluster.env(PATH=BIN + os.pathsep + os.environ["PATH"], **env),
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     job_id = run.stdout.strip().split(";")[0]
     return run.returncode, job_id, out.read_text() if out.exists() else run.stderr
 
@@ -76,13 +87,27 @@ def sacct_state(cluster, job_id: str) -> tuple[str, str]:
     return state, code
 
 
+def job_name(cluster, job_id: str) -> str:
+    """From the controller (it keeps finished jobs MinJobAge seconds): accounting may lag."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], env=cluster.env(),
+                         capture_output=True, text=True, timeout=30, check=True)
+    return next(w for w in out.stdout.split() if w.startswith("JobName=")).removeprefix("JobName=")
+
+
 # ---------------------------------------------------------------------------------------------
 # syntax and command lines (no cluster)
 
-@pytest.mark.parametrize("script", [f"{w}.sbatch" for w in WRAPPERS] + ["common.sh"])
+@pytest.mark.parametrize("script", [f"{w}.sbatch" for w in WRAPPERS] + ["submit-all.sh"])
 def test_wrapper_is_valid_bash(script):
     run = subprocess.run(["bash", "-n", str(JOBS / script)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_wrappers_take_their_command_from_empo_job_run(wrapper):
+    text = (JOBS / f"{wrapper}.sbatch").read_text()
+    assert f"empo job run {wrapper} \"$@\"" in text
+    assert "container" not in "".join(l for l in text.splitlines() if not l.startswith("#"))
 
 
 @pytest.mark.parametrize("wrapper", ["sft", "dpo", "pipeline"])
@@ -92,33 +117,48 @@ def test_wrappers_default_to_two_a100_nodes(wrapper):
     assert "#SBATCH --gpus-per-node=2" in header
     assert any(l.startswith("#SBATCH --time=") for l in header)
     assert any(l.startswith("#SBATCH --mem=") for l in header)
+    assert not [l for l in header if "--wckey" in l]
+
+
+def test_pipeline_requeues_itself_before_the_time_limit():
+    text = (JOBS / "pipeline.sbatch").read_text()
+    assert "#SBATCH --signal=B:USR1@300" in text and "#SBATCH --time=24:00:00" in text
+    assert "trap requeue USR1" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
 
 
 @pytest.mark.parametrize("wrapper,args,expected", [
-    ("sft", ["c.yaml", "seed=1", "lora.r=512"], ["train", "sft", "c.yaml", "lora.r=512", "--seed", "1"]),
-    ("dpo", ["c.yaml", "seed=2"], ["train", "dpo", "c.yaml", "--seed", "2"]),
-    ("eval", ["c.yaml", "variant=sft_dpo", "seed=3"],
-     ["stage", "eval", "c.yaml", "--variant", "sft_dpo", "--seed", "3"]),
-    ("eval", ["c.yaml", "variant=sft", "seed=1", "stage=mmlu", "eval.mmlu.batch_size=2"],
-     ["stage", "mmlu", "c.yaml", "eval.mmlu.batch_size=2", "--variant", "sft", "--seed", "1"]),
-    ("aggregate", ["c.yaml"], ["stage", "aggregate", "c.yaml"]),
+    ("sft", [SMOKE, "seed=1", "lora.r=512"],
+     ["stage", "sft", SMOKE, "lora.r=512", "--variant", "sft", "--seed", "1"]),
+    ("dpo", [SMOKE, "seed=2"], ["stage", "dpo", SMOKE, "--variant", "sft_dpo", "--seed", "2"]),
+    ("eval", [SMOKE, "variant=sft_dpo", "seed=2"],
+     ["stage", "eval", SMOKE, "--variant", "sft_dpo", "--seed", "2"]),
+    ("eval", [SMOKE, "variant=sft", "seed=1", "stage=mmlu", "eval.mmlu.batch_size=2"],
+     ["stage", "mmlu", SMOKE, "eval.mmlu.batch_size=2", "--variant", "sft", "--seed", "1"]),
+    ("aggregate", [SMOKE], ["stage", "aggregate", SMOKE]),
     ("aggregate", ["results", "--skip-bad"], ["aggregate", "results", "--skip-bad"]),
-    ("pipeline", ["c.yaml", "seeds=[1,2]"], ["run", "c.yaml", "seeds=[1,2]", "--executor", "local"]),
+    ("pipeline", [SMOKE, "seeds=[1,2]"], ["run", SMOKE, "seeds=[1,2]", "--executor", "local"]),
 ])
 def test_dry_run_prints_the_empo_command(wrapper, args, expected):
     assert dry_command(dry_run(wrapper, *args)) == ["empo", *expected]
 
 
+def test_without_empo_bin_the_job_runs_this_python_on_the_package():
+    words = dry_command(dry_run("dpo", SMOKE, "seed=1", EMPO_BIN=""))
+    assert words[:3] == [str(Path(BIN) / "python3"), "-m", "empo.cli"] or \
+        words[1:3] == ["-m", "empo.cli"], words
+
+
 def test_user_values_stay_whole_words():
-    words = dry_command(dry_run("sft", "my config.yaml", "seed=1", "data.system_prompt=Be kind; $HOME 'x'"))
-    assert words == ["empo", "train", "sft", "my config.yaml", "data.system_prompt=Be kind; $HOME 'x'",
-                     "--seed", "1"]
+    words = dry_command(dry_run("sft", SMOKE, "seed=1", "data.system_prompt=Be kind; $HOME 'x'"))
+    assert words == ["empo", "stage", "sft", SMOKE, "data.system_prompt=Be kind; $HOME 'x'",
+                     "--variant", "sft", "--seed", "1"]
 
 
 @pytest.mark.parametrize("wrapper,args,message", [
     ("sft", [], "usage: sbatch"),
-    ("sft", ["c.yaml", "seed=one"], "seed must be an integer"),
-    ("eval", ["c.yaml", "seed=1"], "needs variant=V"),
+    ("sft", [SMOKE, "seed=one"], "seed must be an integer"),
+    ("eval", [SMOKE, "seed=1"], "needs variant=V"),
+    ("sft", [SMOKE, "lora.rr=8"], "unknown config key 'lora.rr'"),
 ])
 def test_bad_arguments_are_refused(wrapper, args, message):
     run = dry_run(wrapper, *args)
@@ -126,24 +166,28 @@ def test_bad_arguments_are_refused(wrapper, args, message):
     assert message in run.stderr
 
 
-def test_container_runtime_is_checked():
-    run = dry_run("sft", "c.yaml", EMPO_CONTAINER_RUNTIME="docker", EMPO_CONTAINER_IMAGE="x")
-    assert run.returncode == 2 and "unknown EMPO_CONTAINER_RUNTIME 'docker'" in run.stderr
-    run = dry_run("sft", "c.yaml", EMPO_CONTAINER_RUNTIME="apptainer")
-    assert run.returncode == 2 and "needs EMPO_CONTAINER_IMAGE" in run.stderr
-    run = dry_run("sft", "c.yaml", EMPO_CONTAINER_RUNTIME="apptainer", EMPO_CONTAINER_IMAGE="/no/x.sif")
-    assert run.returncode == 2 and "container image not found: /no/x.sif" in run.stderr
+def test_container_comes_from_the_config(tmp_path):
+    run = dry_run("sft", SMOKE, "cluster.container.runtime=docker")
+    assert run.returncode == 2 and "allowed: none, apptainer" in run.stderr
+    run = dry_run("sft", SMOKE, "cluster.container.runtime=apptainer")
+    assert run.returncode == 2 and "cluster.container.image is required" in run.stderr
+    run = dry_run("sft", SMOKE, "cluster.container.runtime=apptainer",
+                  "cluster.container.image=/no/x.sif")
+    assert run.returncode == 2 and "/no/x.sif does not exist" in run.stderr
 
 
-def test_apptainer_prefix_binds_project_and_extra_paths(tmp_path):
+def test_apptainer_prefix_is_the_launchers(tmp_path):
     sif = tmp_path / "empo.sif"
     sif.touch()
-    words = dry_command(dry_run("eval", "c.yaml", "variant=sft", EMPO_CONTAINER_RUNTIME="apptainer",
-                                EMPO_CONTAINER_IMAGE=str(sif), EMPO_CONTAINER_BINDS="/data:/data,/scratch"))
-    assert words[:2] == ["apptainer", "exec"]
-    binds = [words[i + 1] for i, w in enumerate(words) if w == "--bind"]
-    assert binds == [f"{PROJECT_ROOT}:{PROJECT_ROOT}", "/data:/data", "/scratch"]
-    assert words[words.index(str(sif)) + 1:] == ["empo", "stage", "eval", "c.yaml", "--variant", "sft"]
+    words = dry_command(dry_run("eval", SMOKE, "variant=sft", "cluster.container.runtime=apptainer",
+                                f"cluster.container.image={sif}", f"results_dir={tmp_path}",
+                                "cluster.container.binds=[/data:/data,/scratch]"))
+    assert words[1] == "exec"
+    binds = words[words.index("--bind") + 1].split(",")
+    assert binds[:2] == ["/data:/data", "/scratch:/scratch"]
+    assert {f"{tmp_path}/smoke:{tmp_path}/smoke", f"{PROJECT_ROOT}:{PROJECT_ROOT}"} <= set(binds)
+    inner = words[words.index(str(sif)) + 1:]
+    assert inner[:4] == ["empo", "stage", "eval", SMOKE] and inner[-2:] == ["--variant", "sft"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,25 +196,26 @@ def test_apptainer_prefix_binds_project_and_extra_paths(tmp_path):
 @pytest.mark.slurm
 def test_unknown_partition_is_rejected_with_sbatchs_message(slurm_cluster):
     run = subprocess.run(["sbatch", *LOCAL, "--partition=no-such-partition", str(JOBS / "sft.sbatch"),
-                          "c.yaml"],
+                          SMOKE],
                          env=slurm_cluster.env(), capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
     assert "Invalid partition name specified" in run.stderr
 
 
 @pytest.mark.slurm
-def test_sft_wrapper_runs_one_task_per_gpu_with_torch_env(slurm_cluster, tmp_path):
+def test_sft_wrapper_runs_one_task_per_gpu_named_and_recorded(slurm_cluster, tmp_path):
     probe = write_probe(tmp_path)
     status, job_id, output = sbatch_wait(
         slurm_cluster, [*LOCAL, "--ntasks-per-node=2", str(JOBS / "sft.sbatch"),
-                        "configs/experiments/smoke.yaml", "seed=1", "lora.r=8", "data.system_prompt=a b"],
+                        SMOKE, "seed=1", "lora.r=8", "data.system_prompt=a b",
+                        f"results_dir={tmp_path}/results"],
         tmp_path / "job.out", EMPO_BIN=str(probe), EMPO_TASKS_PER_NODE="2")
     assert status == 0, output
     tasks = sorted(records(output), key=lambda r: r["env"]["RANK"])
     assert len(tasks) == 2, output
     for rank, task in enumerate(tasks):
-        assert task["argv"] == ["train", "sft", "configs/experiments/smoke.yaml", "lora.r=8",
-                                "data.system_prompt=a b", "--seed", "1"]
+        assert task["argv"] == ["stage", "sft", SMOKE, "lora.r=8", "data.system_prompt=a b",
+                                f"results_dir={tmp_path}/results", "--variant", "sft", "--seed", "1"]
         assert task["cwd"] == str(PROJECT_ROOT)   # the submit directory
         env = task["env"]
         assert env["SLURM_JOB_ID"] == job_id
@@ -179,28 +224,36 @@ def test_sft_wrapper_runs_one_task_per_gpu_with_torch_env(slurm_cluster, tmp_pat
         assert env["MASTER_ADDR"] == slurm_cluster.node
         assert env["MASTER_PORT"] == str(10000 + int(job_id) % 50000)
     assert sacct_state(slurm_cluster, job_id) == ("COMPLETED", "0:0")
+    assert job_name(slurm_cluster, job_id) == "smoke:sft:sft:seed-1"
+    entry = read_manifest(tmp_path / "results" / "smoke")["jobs"]["sft/sft/seed-1"]
+    assert (entry["job_id"], entry["executor"], entry["stdout"]) == (job_id, "slurm",
+                                                                     str(tmp_path / "job.out"))
 
 
 @pytest.mark.slurm
-def test_job_fails_with_the_commands_exit_status(slurm_cluster, tmp_path):
+def test_a_failed_job_keeps_its_status_and_hints_the_same_command(slurm_cluster, tmp_path):
     probe = write_probe(tmp_path)
-    status, job_id, output = sbatch_wait(
-        slurm_cluster, [*LOCAL, str(JOBS / "eval.sbatch"), "c.yaml", "variant=sft", "seed=2"],
-        tmp_path / "job.out", EMPO_BIN=str(probe), PROBE_EXIT="3")
+    args = [SMOKE, "variant=sft", "seed=2", "name=mine", f"results_dir={tmp_path}"]
+    status, job_id, output = sbatch_wait(slurm_cluster, [*LOCAL, str(JOBS / "eval.sbatch"), *args],
+                                         tmp_path / "job.out", EMPO_BIN=str(probe), PROBE_EXIT="3")
     assert status == 3, output
     [task] = records(output)
-    assert task["argv"] == ["stage", "eval", "c.yaml", "--variant", "sft", "--seed", "2"]
+    assert task["argv"] == ["stage", "eval", SMOKE, "name=mine", f"results_dir={tmp_path}",
+                            "--variant", "sft", "--seed", "2"]
     assert sacct_state(slurm_cluster, job_id) == ("FAILED", "3:0")
+    assert f"sbatch jobs/eval.sbatch {shlex.join(args)}" in output   # the user's overrides kept
+    assert job_name(slurm_cluster, job_id) == "mine:eval:sft:seed-2"
 
 
 @pytest.mark.slurm
-def test_wrapper_finds_the_project_when_submitted_from_elsewhere(slurm_cluster, tmp_path):
+def test_wrapper_runs_when_submitted_from_elsewhere(slurm_cluster, tmp_path):
     probe = write_probe(tmp_path)
     out = tmp_path / "job.out"
     run = subprocess.run(["sbatch", "--parsable", "--wait", f"--output={out}", *LOCAL,
                           os.path.relpath(JOBS / "aggregate.sbatch", tmp_path), str(tmp_path)],
-                         env=slurm_cluster.env(EMPO_BIN=str(probe)), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+                         env=slurm_cluster.env(EMPO_BIN=str(probe),
+                                               PATH=BIN + os.pathsep + os.environ["PATH"]),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, out.read_text() if out.exists() else run.stderr
     [task] = records(out.read_text())
     assert task["argv"] == ["aggregate", str(tmp_path)]
@@ -208,30 +261,59 @@ def test_wrapper_finds_the_project_when_submitted_from_elsewhere(slurm_cluster, 
 
 
 @pytest.mark.slurm
-@pytest.mark.container
-def test_wrapper_runs_the_command_inside_the_container(slurm_cluster, container_image, tmp_path):
+def test_pipeline_requeues_on_its_signal_and_runs_again(slurm_cluster, tmp_path):
     probe = write_probe(tmp_path)
+    out = tmp_path / "job.out"
+    submit = subprocess.run(["sbatch", "--parsable", f"--output={out}", "--open-mode=append", *LOCAL,
+                             str(JOBS / "pipeline.sbatch"), SMOKE, f"results_dir={tmp_path}"],
+                            env=slurm_cluster.env(EMPO_BIN=str(probe), PROBE_SLEEP="60",
+                                                  PATH=BIN + os.pathsep + os.environ["PATH"]),
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip().split(";")[0]
+    deadline = time.time() + 60
+    while not (out.exists() and records(out.read_text())):  # the first run is under way
+        assert time.time() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=slurm_cluster.env(),
+                   check=True, timeout=30)
+    deadline = time.time() + 180
+    while sacct_state(slurm_cluster, job_id)[0] != "COMPLETED":
+        assert time.time() < deadline, (sacct_state(slurm_cluster, job_id), out.read_text())
+        time.sleep(2)
+    runs = records(out.read_text())
+    assert [r["env"]["SLURM_RESTART_COUNT"] for r in runs] == [None, "1"], runs
+    assert runs[-1]["argv"] == ["run", SMOKE, f"results_dir={tmp_path}", "--executor", "local"]
+    assert "requeueing job" in out.read_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.container
+def test_wrapper_runs_the_command_inside_the_configured_container(slurm_cluster, container_image,
+                                                                   tmp_path):
+    probe = write_probe(tmp_path)
+    binds = "[" + ",".join([*container_image.binds, f"{tmp_path}:{tmp_path}"]) + "]"
     status, job_id, output = sbatch_wait(
-        slurm_cluster, [*LOCAL, str(JOBS / "dpo.sbatch"), "configs/experiments/smoke.yaml", "seed=2"],
-        tmp_path / "job.out", EMPO_BIN=str(probe), EMPO_CONTAINER_RUNTIME=container_image.runtime,
-        EMPO_CONTAINER_IMAGE=container_image.image,
-        EMPO_CONTAINER_BINDS=",".join([*container_image.binds, f"{tmp_path}:{tmp_path}"]))
+        slurm_cluster, [*LOCAL, str(JOBS / "dpo.sbatch"), SMOKE, "seed=2", f"results_dir={tmp_path}",
+                        f"cluster.container.runtime={container_image.runtime}",
+                        f"cluster.container.image={container_image.image}",
+                        f"cluster.container.binds={binds}"],
+        tmp_path / "job.out", EMPO_BIN=str(probe))
     assert status == 0, output
     [task] = records(output)
     assert task["in_image"], f"{container_image.runtime} did not run the probe in the image"
-    assert task["argv"] == ["train", "dpo", "configs/experiments/smoke.yaml", "--seed", "2"]
+    assert task["argv"][:3] == ["stage", "dpo", SMOKE] and task["argv"][-2:] == ["--seed", "2"]
     assert (task["env"]["RANK"], task["env"]["WORLD_SIZE"], task["env"]["SLURM_JOB_ID"]) == ("0", "1", job_id)
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_sft_wrapper_trains_the_smoke_experiment(slurm_cluster, tmp_path):
-    empo = Path(sys.executable).with_name("empo")
     results = tmp_path / "results"
     status, job_id, output = sbatch_wait(
         slurm_cluster, [*LOCAL, "--mem=4G", "--time=30", str(JOBS / "sft.sbatch"),
-                        "configs/experiments/smoke.yaml", "seed=1", f"results_dir={results}"],
-        tmp_path / "job.out", EMPO_BIN=str(empo), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+                        SMOKE, "seed=1", f"results_dir={results}"],
+        tmp_path / "job.out", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     assert status == 0, output[-3000:]
     run = results / "smoke" / "runs" / "sft" / "seed-1"
     assert (run / "DONE").exists(), output[-3000:]
