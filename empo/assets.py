@@ -6,17 +6,17 @@ Layout of the directory made by `ensure_tiny_assets(DIR)`:
   DIR/epitome/    tiny EPITOME checkpoints in the published key layout (+ encoder/ config, tokenizer)
   DIR/bertscore/  a tiny RoBERTa encoder for BERTScore
   DIR/mmlu/       a tiny MMLU-format lm-eval task (`mmlu_tiny`)
-  DIR/COMPLETE    written last; a directory without it is rebuilt
+  DIR/.empo-owned the project's marker, written first: only such a directory is ever rebuilt
+  DIR/COMPLETE    written last; an owned directory without it is rebuilt
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import sys
 from pathlib import Path
 
-from empo.results.store import file_lock
+from empo.results.store import OWNER_MARKER, claim_dir, file_lock, remove_owned_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,20 @@ MODEL_SHAPE = dict(
 
 
 def ensure_tiny_assets(out_dir: Path) -> Path:
-    """Create the tiny assets in `out_dir` unless they are complete already; returns the path."""
+    """Create the tiny assets in `out_dir` unless they are complete already; returns the path.
+
+    `out_dir` must be new, empty or one the project made (its owner marker): an incomplete
+    build of ours is removed and redone; any other directory is refused, never deleted.
+    """
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
-        if (out_dir / "COMPLETE").exists():
+        if (out_dir / "COMPLETE").exists():  # (reading is harmless; only deleting needs the marker)
             return out_dir
-        if out_dir.exists():
-            log.warning("%s is incomplete; rebuilding it", out_dir)
-            shutil.rmtree(out_dir)
-        out_dir.mkdir()
+        if (out_dir / OWNER_MARKER).exists():
+            log.warning("%s is an incomplete build of ours; rebuilding it", out_dir)
+            remove_owned_dir(out_dir)
+        claim_dir(out_dir, "tiny assets")
         log.info("creating tiny offline assets in %s", out_dir)
         with contextlib.redirect_stdout(sys.stderr):  # library chatter must not mix with results
             _build(out_dir)

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any
 import yaml
 
 from empo.errors import ConfigError
+from empo.validate import (SBATCH_OPTION, check_name, check_range, check_text, load_yaml,
+                           read_text)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -139,13 +142,21 @@ class GenerationConfig:
 
 @dataclass
 class EpitomeConfig:
-    """diff-EPITOME: directory with finetuned_{ER,EX,IP}.pth and the RoBERTa encoder/tokenizer."""
+    """diff-EPITOME: directory with finetuned_{ER,EX,IP}.pth and the RoBERTa encoder/tokenizer.
+
+    checkpoints: that directory (the published files), or `train`: one GPU job per experiment
+      trains them (`empo epitome train`) from `train_data` with `encoder`, shared by every eval.
+    train_data: directory of the EPITOME Reddit annotation CSVs (with checkpoints: train).
+    train_seed: split and training seed of those classifiers (original: 12).
+    """
 
     checkpoints: str | None = None
     encoder: str = "roberta-base"
     tokenizer: str = "roberta-base"
     padding: str = "none"
     batch_size: int = 32
+    train_data: str | None = None
+    train_seed: int = 12
 
 
 @dataclass
@@ -292,7 +303,9 @@ def _closest(key: str, valid: typing.Iterable[str], prefix: str = "") -> str:
 
 
 def _convert(value: Any, hint: Any, path: str) -> Any:
-    """Check `value` against a type hint, converting ints to floats where a float is expected."""
+    """Check `value` against a type hint, converting ints to floats where a float is expected;
+    text anywhere in it must be free of control characters (`validate.check_text`)."""
+    check_text(value, path)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
@@ -350,14 +363,22 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
                 f"{_closest(str(key), fields, f'{prefix}.' if prefix else '')}"
             )
         kwargs[key] = _convert(value, fields[key], path)
+        check_range(cls, key, kwargs[key], path)
     return cls(**kwargs)
 
 
 def _validate(cfg: ExperimentConfig) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express (numeric ranges: `validate.RANGES`)."""
+    check_name(cfg.name, "name")
+    for key, value in cfg.cluster.slurm_extra.items():
+        if not SBATCH_OPTION.fullmatch(key):
+            raise ConfigError(f"cluster.slurm_extra: {key!r} is not an sbatch long option name "
+                              "(lowercase letters, digits and '-', e.g. 'constraint')")
+        if value is not None and (not isinstance(value, (str, int, float, bool))
+                                  or isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"cluster.slurm_extra.{key}: {value!r} must be a single "
+                              "string, number, true/false or null")
     checks = [
-        (cfg.lora.r > 0, "lora.r", cfg.lora.r, "must be > 0"),
-        (cfg.lora.lora_alpha > 0, "lora.lora_alpha", cfg.lora.lora_alpha, "must be > 0"),
         (bool(cfg.seeds), "seeds", cfg.seeds, "must list at least one seed"),
         (len(set(cfg.seeds)) == len(cfg.seeds), "seeds", cfg.seeds, "must not repeat"),
         (cfg.data.sampling in ("balanced", "uniform"), "data.sampling", cfg.data.sampling,
@@ -368,6 +389,9 @@ def _validate(cfg: ExperimentConfig) -> None:
          "must be adapter_copy or merged"),
         (cfg.eval.epitome.padding in ("none", "max_length"), "eval.epitome.padding",
          cfg.eval.epitome.padding, "must be none or max_length"),
+        (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),
+         "eval.epitome.train_data", cfg.eval.epitome.train_data,
+         "must name the EPITOME annotation directory when eval.epitome.checkpoints is 'train'"),
         (set(cfg.eval.metrics) <= {"epitome", "bertscore", "mmlu"}, "eval.metrics",
          cfg.eval.metrics, "allowed: epitome, bertscore, mmlu"),
         (set(cfg.sweep.variants) <= {"sft", "sft_dpo"}, "sweep.variants", cfg.sweep.variants,
@@ -378,16 +402,6 @@ def _validate(cfg: ExperimentConfig) -> None:
          "cluster.container.runtime", cfg.cluster.container.runtime,
          "allowed: none, apptainer, pyxis, podman, charliecloud"),
     ]
-    for section in (cfg.sft, cfg.dpo):
-        name = "sft" if section is cfg.sft else "dpo"
-        checks += [
-            (section.global_batch_size > 0, f"{name}.global_batch_size", section.global_batch_size,
-             "must be > 0"),
-            (section.per_device_train_batch_size > 0, f"{name}.per_device_train_batch_size",
-             section.per_device_train_batch_size, "must be > 0"),
-            (section.learning_rate > 0, f"{name}.learning_rate", section.learning_rate,
-             "must be > 0"),
-        ]
     for ok, key, value, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {value!r} {why}")
@@ -429,10 +443,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key or any(c.isspace() for c in key):
         raise ConfigError(f"malformed override '{text}': expected dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"malformed override '{text}': value is not valid YAML ({err})") from None
+    value = load_yaml(raw, f"malformed override '{text}': value") if raw else ""
     return key, value
 
 
@@ -471,17 +482,9 @@ def project_root(path: Path) -> Path:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with errors naming the file and line."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    """A YAML mapping from a UTF-8 file, bounded (`validate.load_yaml`), errors naming the file
+    and line."""
+    data = load_yaml(read_text(path, "YAML file"), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

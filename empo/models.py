@@ -178,15 +178,17 @@ def load_model_config(path: str | Path) -> Any:
     candidate = Path(path_str)
     try:
         if candidate.is_file():
-            data = json.loads(candidate.read_text())
+            data = json.loads(candidate.read_bytes())
+            if not isinstance(data, dict):
+                raise TrainError(f"{candidate}: the model config must be a JSON object")
             model_type = data.pop("model_type", None)
             if model_type is None:
                 raise TrainError(f"{candidate}: no 'model_type' in the model config")
             return AutoConfig.for_model(model_type, **data)
         return AutoConfig.from_pretrained(path_str)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TrainError(f"{candidate}: invalid JSON ({err})") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         raise TrainError(f"{path_str}: cannot read the model config ({err})") from None
 
 

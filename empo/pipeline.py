@@ -23,13 +23,17 @@ from submitit.helpers import Checkpointable
 
 from empo.config import ExperimentConfig
 from empo.errors import EmpoError, LaunchError
-from empo.results.store import atomic_write_json, atomic_write_text, is_done, marker, run_dir
+from empo.results.store import (adapter_problem, atomic_write_json, atomic_write_text, is_done,
+                                json_object_problem, jsonl_problem, marker, move_aside, run_dir,
+                                stage_lock)
 
 log = logging.getLogger(__name__)
 
 TRAINING_STAGES = ("sft", "dpo")
 EVAL_STAGES = ("generate", "epitome", "bertscore", "mmlu")
-STAGE_KINDS = TRAINING_STAGES + EVAL_STAGES + ("share", "aggregate")
+STAGE_KINDS = TRAINING_STAGES + EVAL_STAGES + ("share", "aggregate", "epitome_train")
+# eval.epitome.checkpoints: train -> one `epitome_train` stage (a GPU job) before every epitome.
+EPITOME_TRAIN = "epitome_train"
 # Stages that resume from their own files after a preemption (submitit Checkpointable jobs).
 CHECKPOINTABLE = ("sft", "dpo", "generate")
 # Override prefixes that do not change what SFT computes: a DPO sweep point trains on the SFT run
@@ -79,15 +83,49 @@ class Stage:
         return [marker(self.directory, self.kind)]
 
     def is_done(self) -> bool:
+        """Marker present and outputs valid (a corrupted output is not a finished result)."""
         if self.kind == "aggregate":
             path = marker(self.directory, "aggregate")
             return (path.exists() and (self.directory / "table.csv").exists()
-                    and path.read_text() == _runs_text(self.runs))
-        return all(path.exists() for path in self.markers())
+                    and path.read_text() == _runs_text(self.directory, self.runs))
+        return all(path.exists() for path in self.markers()) and self.output_problem() is None
+
+    def output_problem(self) -> tuple[Path, str] | None:
+        """(output, why) when this stage's outputs are not usable, see `output_problem`."""
+        kinds = self.shares if self.kind == "share" else (self.kind,)
+        for kind in kinds:
+            problem = output_problem(kind, self.directory)
+            if problem:
+                return problem
+        return None
 
     def run(self) -> Any:
-        """Call the stage function (imported here: the heavy stacks load only inside a job)."""
+        """Call the stage function under the stage's lock (one process per stage at a time);
+        outputs of a previous run that no longer parse are moved aside first, never deleted."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if int(os.environ.get("RANK", "0")) != 0:  # ranks > 0 of a training job: rank 0 locks
+            return self._run()
+        with stage_lock(self.directory, self.kind, self.key):
+            if self.is_done():  # finished by another process while this one waited in the queue
+                log.info("stage %s: done already", self.key)
+                return None
+            self._set_aside_invalid()
+            return self._run()
+
+    def _set_aside_invalid(self) -> None:
+        if self.kind == "aggregate" or not all(p.exists() for p in self.markers()):
+            return
+        found = self.output_problem()
+        if found is None:
+            return
+        path, problem = found
+        moved = move_aside(path, problem)
+        for done in self.markers():
+            move_aside(done, problem)
+        log.warning("stage %s: %s; redoing it%s", self.key, problem,
+                    f" (the invalid output is kept as {moved})" if moved else "")
+
+    def _run(self) -> Any:
         cfg, seed, where = self.config, self.seed, self.directory
         log.info("stage %s: start (%s)", self.key, where)
         if self.kind == "sft":
@@ -101,7 +139,10 @@ class Stage:
             return generate_stage(cfg, seed, where, self.adapter)
         if self.kind == "epitome":
             from empo.evaluate.stages import epitome_stage
-            return epitome_stage(cfg, where)
+            return epitome_stage(cfg, where, checkpoints=self.source)
+        if self.kind == EPITOME_TRAIN:
+            from empo.evaluate.epitome_train import epitome_train_stage
+            return epitome_train_stage(cfg, where)
         if self.kind == "bertscore":
             from empo.evaluate.stages import bertscore_stage
             return bertscore_stage(cfg, where)
@@ -113,13 +154,38 @@ class Stage:
         if self.kind == "aggregate":
             from empo.results.aggregate import aggregate
             table = aggregate(where, cfg)
-            atomic_write_text(marker(where, "aggregate"), _runs_text(self.runs))
+            atomic_write_text(marker(where, "aggregate"), _runs_text(where, self.runs))
             return table
         raise LaunchError(f"unknown stage kind {self.kind!r}; allowed: {', '.join(STAGE_KINDS)}")
 
 
-def _runs_text(runs: tuple[str, ...]) -> str:
-    return json.dumps(list(runs)) + "\n"
+def output_problem(kind: str, directory: Path) -> tuple[Path, str] | None:
+    """(output, why) when what a stage of `kind` wrote in `directory` is not usable, else None."""
+    if kind in TRAINING_STAGES:
+        path, problem = directory / "adapter", adapter_problem(directory / "adapter")
+    elif kind == "generate":
+        path = directory / "predictions.jsonl"
+        problem = jsonl_problem(path, "prediction")
+    elif kind in ("epitome", "bertscore", "mmlu"):
+        from empo.results.aggregate import STAGE_METRICS
+
+        path = directory / "metrics.json"
+        problem = json_object_problem(path, STAGE_METRICS[kind])
+    else:
+        return None
+    return (path, problem) if problem else None
+
+
+def _runs_text(experiment_dir: Path, runs: tuple[str, ...]) -> str:
+    """The aggregate's marker: the runs it summarised and a digest of each run's metrics, so a
+    redone evaluation makes the table stale."""
+    import hashlib
+
+    digests = {}
+    for run in runs:
+        path = Path(experiment_dir) / "runs" / run / "metrics.json"
+        digests[run] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
+    return json.dumps(digests, sort_keys=True) + "\n"
 
 
 @dataclass
@@ -201,12 +267,37 @@ def eval_stages(variant: Variant, seed: int, where: Path, after: tuple[str, ...]
     if "epitome" in metrics or "bertscore" in metrics:
         generate = Stage("generate", variant.name, seed, where, cfg, after, adapter=adapter)
         stages.append(generate)
-        for kind in ("epitome", "bertscore"):
-            if kind in metrics:
-                stages.append(Stage(kind, variant.name, seed, where, cfg, (generate.key,)))
+        if "epitome" in metrics:
+            trained = cfg.eval.epitome.checkpoints == "train"
+            stages.append(Stage("epitome", variant.name, seed, where, cfg,
+                                (generate.key,) + ((EPITOME_TRAIN,) if trained else ()),
+                                source=epitome_checkpoints(cfg) if trained else None))
+        if "bertscore" in metrics:
+            stages.append(Stage("bertscore", variant.name, seed, where, cfg, (generate.key,)))
     if "mmlu" in metrics:
         stages.append(Stage("mmlu", variant.name, seed, where, cfg, after, adapter=adapter))
     return stages
+
+
+def epitome_checkpoints(cfg: ExperimentConfig) -> Path:
+    """Where the `epitome_train` stage of `cfg` writes the classifiers (by fingerprint)."""
+    from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
+
+    return trained_dir(cfg) / CHECKPOINTS
+
+
+def epitome_training(evals: list[Stage]) -> list[Stage]:
+    """The one `epitome_train` stage the epitome evals wait for (none without checkpoints: train);
+    shared by every seed and variant, so its inputs must not vary across a sweep."""
+    sources = {s.source: s for s in evals if s.kind == "epitome" and EPITOME_TRAIN in s.deps}
+    if not sources:
+        return []
+    if len(sources) > 1:
+        raise LaunchError("eval.epitome training settings (train_data, train_seed, encoder, "
+                          "tokenizer) differ between variants; one set of classifiers is trained "
+                          "per experiment: keep them out of the sweep")
+    source, first = next(iter(sources.items()))
+    return [Stage(EPITOME_TRAIN, None, None, source.parent, first.config)]
 
 
 def build_graph(cfg: ExperimentConfig) -> Graph:
@@ -247,7 +338,7 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
                 evals.extend(made)
             runs.append(f"{variant.name}/seed-{seed}")
     # Training stages first (variant order), then evaluations: keeps every dep before its user.
-    ordered = stages + evals
+    ordered = epitome_training(evals) + stages + evals
     if evals:
         ordered.append(Stage("aggregate", None, None, exp, cfg, tuple(s.key for s in evals),
                              runs=tuple(runs)))

@@ -53,8 +53,8 @@ def test_int_given_for_float_becomes_float():
         ("lora.r", "malformed override 'lora.r'"),
         ("=3", "malformed override '=3'"),
         ("lora.r=[1", "malformed override 'lora.r=[1'"),
-        ("lora.r=0", "lora.r: 0 must be > 0"),
-        ("lora.lora_alpha=-4", "lora.lora_alpha: -4 must be > 0"),
+        ("lora.r=0", "lora.r: 0 is out of range; allowed: 1 <= value <= 65536"),
+        ("lora.lora_alpha=-4", "lora.lora_alpha: -4 is out of range; allowed: 1 <= value"),
         ("lora.r=abc", "lora.r: expected int, got 'abc'"),
         ("sft.bf16=3", "sft.bf16: expected true/false"),
         ("data.sampling=greedy", "data.sampling: 'greedy' must be balanced or uniform"),
@@ -115,3 +115,28 @@ def test_cli_show_and_validate(capsys, tmp_path):
     bad = write(tmp_path, "name: x\nsft:\n  learning_rat: 1\n")
     assert main(["config", "validate", str(bad)]) == 2
     assert "did you mean 'sft.learning_rate'" in capsys.readouterr().err
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _numeric_fields(hint, f"{prefix}{f.name}.")
+            continue
+        text = str(hint)
+        if hint in (int, float) or any(t in text for t in ("int", "float")):
+            yield cls, f.name, f"{prefix}{f.name}"
+
+
+def test_every_numeric_field_has_a_range():
+    """validate.RANGES covers every int/float field (lists and mappings of numbers too)."""
+    from empo.config import ExperimentConfig
+    from empo.validate import range_of
+
+    missing = [path for cls, name, path in _numeric_fields(ExperimentConfig)
+               if range_of(cls, name) is None]
+    assert missing == []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.errors import DataError
+from empo.validate import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "conversational format), one fresh draw per epoch")
     _export_args(pref, "train")
     pref.add_argument("--epochs", type=int, default=3, help="epochs 0..E-1 (paper: 3)")
-    pref.add_argument("--seed", type=int, default=0, help="draws of epoch k seeded by (seed, k)")
+    pref.add_argument("--seed", type=check_seed, default=0, help="draws of epoch k seeded by (seed, k)")
     pref.add_argument("--table", type=Path, default=None,
                       help="emotion table TSV (default: paper Table 2, empo:emotions/plutchik.tsv)")
     pref.add_argument("--sampling", choices=("balanced", "uniform"), default="balanced",
@@ -67,12 +68,11 @@ def _export_args(parser: argparse.ArgumentParser, split: str) -> None:
                         help="system message put before every prompt (default: none)")
 
 
-def _check_out(path: Path) -> None:
-    """Fail before any loading when the output cannot be written."""
-    if not path.parent.is_dir():
-        raise DataError(f"{path}: output directory {path.parent} does not exist")
-    if path.is_dir():
-        raise DataError(f"{path}: output path is a directory")
+def _check_out(args: argparse.Namespace) -> None:
+    """Fail before any loading when the output cannot be written or would replace an input."""
+    from empo.results.store import check_output
+
+    check_output(args.out, [args.source, getattr(args, "table", None)])
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -101,9 +101,12 @@ def _export(args: argparse.Namespace, example: Callable[..., dict], what: str) -
     from empo.data.chat import eligible
     from empo.results.store import atomic_write_jsonl
 
-    _check_out(args.out)
+    _check_out(args)
     result = _load(args)
-    rows = (example(d, args.system_prompt) for d in eligible(result.dialogues))
+    rows = [example(d, args.system_prompt) for d in eligible(result.dialogues)]
+    if not rows:
+        raise DataError(f"{result.path}: split '{args.split}' has no eligible dialogues "
+                        "(at least 2 turns); nothing written")
     count = atomic_write_jsonl(args.out, rows)
     print(f"{args.out}: {count} {what}")
     return 0
@@ -113,8 +116,8 @@ def _preference(args: argparse.Namespace) -> int:
     from empo.data.emotions import default_table_path, load_table
     from empo.data.preference import check_arguments, write_preference_jsonl
 
-    _check_out(args.out)
-    check_arguments(args.epochs, args.sampling)
+    _check_out(args)
+    check_arguments(args.epochs, args.sampling, args.seed)
     table = load_table(args.table or default_table_path())
     result = _load(args)
     count = write_preference_jsonl(args.out, result.columns, table, args.epochs, args.seed,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from empo.commands.common import add_config_args, load_experiment
 from empo.errors import LaunchError
+from empo.validate import check_positive_int as positive_int
+from empo.validate import check_seed
 
 STAGES = ("sft", "dpo", "generate", "epitome", "bertscore", "mmlu", "eval", "aggregate")
 DEFAULT_VARIANT = {"sft": "sft", "dpo": "sft_dpo"}
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="local (default: a process per job here), debug (in this process), "
                      "slurm (queue and wait); default: cluster.executor")
     run.add_argument("--force-new", action="store_true", help=FORCE_NEW_HELP)
-    run.add_argument("--parallel", type=int, default=None,
+    run.add_argument("--parallel", type=positive_int, default=None,
                      help="local jobs at once (default: cores / cluster.cpus_per_task)")
     run.set_defaults(handler=_run)
 
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     stage.add_argument("--variant", default=None,
                        help="baseline, sft, sft_dpo or a sweep point (default: sft for sft, "
                        "sft_dpo for dpo)")
-    stage.add_argument("--seed", type=int, default=None, help="one of the config's seeds")
+    stage.add_argument("--seed", type=check_seed, default=None, help="one of the config's seeds")
     stage.set_defaults(handler=_stage)
 
 
@@ -141,7 +143,7 @@ def _cancel(args: argparse.Namespace) -> int:
     from empo.launch.status import cancel
 
     cfg, graph = _experiment(args.results_dir)
-    cancelled = cancel(graph, read_manifest(cfg.experiment_dir))
+    cancelled = cancel(graph, read_manifest(cfg.experiment_dir), cfg.experiment_dir)
     print(f"cancelled {len(cancelled)} job(s)" + (f": {' '.join(cancelled)}" if cancelled else ""))
     return 0
 

@@ -33,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _aggregate(args: argparse.Namespace) -> int:
     from empo.results.aggregate import aggregate
+    from empo.results.compare import read_table_csv
 
+    if args.compare is not None:
+        read_table_csv(args.compare)  # a bad reference fails before anything is written
     table = aggregate(args.results_dir, skip_bad=args.skip_bad, compare=args.compare)
     print(table.with_name("table.md").read_text(), end="")
     if args.compare is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from empo.commands.common import add_config_args, load_experiment
+from empo.validate import check_positive_int, check_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,11 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
     sft = stages.add_parser("sft", help="LoRA SFT on whole dialogues (loss on listener turns)")
     add_config_args(sft)
-    sft.add_argument("--seed", type=int, required=True, help="run seed")
+    sft.add_argument("--seed", type=check_seed, required=True, help="run seed")
     sft.set_defaults(handler=_train_sft)
     dpo = stages.add_parser("dpo", help="DPO from the SFT adapter of the same seed")
     add_config_args(dpo)
-    dpo.add_argument("--seed", type=int, required=True, help="run seed (its SFT adapter must be done)")
+    dpo.add_argument("--seed", type=check_seed, required=True, help="run seed (its SFT adapter must be done)")
     dpo.set_defaults(handler=_train_dpo)
 
     plan = sub.add_parser("plan", help="parameters and per-GPU memory of a stage, no weights loaded",
@@ -27,35 +28,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "cluster.gpu_memory_gb.")
     add_config_args(plan)
     plan.add_argument("--stage", choices=("sft", "dpo"), default="sft")
-    plan.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: cluster.gpus_per_node)")
-    plan.add_argument("--nodes", type=int, default=None, help="nodes (default: cluster.nodes)")
+    plan.add_argument("--gpus", type=check_positive_int, default=None, help="GPUs per node (default: cluster.gpus_per_node)")
+    plan.add_argument("--nodes", type=check_positive_int, default=None, help="nodes (default: cluster.nodes)")
     plan.set_defaults(handler=_plan)
 
 
 def _train_sft(args: argparse.Namespace) -> int:
-    from empo.results.store import run_dir
-    from empo.train.sft import train_sft
-
-    cfg = load_experiment(args)
-    adapter = train_sft(cfg, args.seed, run_dir(cfg.experiment_dir, "sft", args.seed))
-    print(adapter)
-    return 0
+    return _train(args, "sft", "sft")
 
 
 def _train_dpo(args: argparse.Namespace) -> int:
+    return _train(args, "dpo", "sft_dpo")
+
+
+def _train(args: argparse.Namespace, kind: str, variant: str) -> int:
+    """One training stage of the graph, under its lock; what it reads must be done and valid."""
     from empo.errors import TrainError
-    from empo.results.store import is_done, run_dir
+    from empo.launch.experiment import check_experiment_dir
+    from empo.pipeline import build_graph
 
     cfg = load_experiment(args)
-    sft_dir = run_dir(cfg.experiment_dir, "sft", args.seed)
-    sft_adapter = sft_dir / "adapter"
-    if not is_done(sft_dir) or not (sft_adapter / "adapter_config.json").is_file():
-        raise TrainError(f"SFT adapter {sft_adapter} is missing or unfinished: run "
-                         f"`empo train sft {args.config} --seed {args.seed}` first")
-    from empo.train.dpo import train_dpo
-
-    adapter = train_dpo(cfg, args.seed, run_dir(cfg.experiment_dir, "sft_dpo", args.seed), sft_adapter)
-    print(adapter)
+    check_experiment_dir(cfg)  # never train into the results of another config
+    cfg.seeds = [args.seed]  # any seed (seeds are directories, not part of the config's identity)
+    graph = build_graph(cfg)
+    stage = graph.select(kind, variant, args.seed)
+    for dep in stage.deps:
+        before = graph.stages[dep]
+        if not before.is_done():
+            found = before.output_problem()
+            why = found[1] if found else f"{before.directory} is unfinished"
+            raise TrainError(f"SFT adapter {stage.adapter} is missing or unusable ({why}): run "
+                             f"`empo train sft {args.config} --seed {args.seed}` first")
+    stage.run()
+    print(stage.directory / "adapter")
     return 0
 
 

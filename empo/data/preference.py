@@ -56,10 +56,18 @@ def draw_candidates(n: int, m: int, bits: Any, sampling: str) -> Any:
     return np.argsort(keys, axis=1).reshape(-1)[:n]  # 53-bit keys: ties practically never
 
 
-def check_arguments(epochs: int, sampling: str) -> None:
-    """DataError for an epoch count below 1 or an unknown sampling scheme."""
-    if not isinstance(epochs, int) or epochs < 1:
-        raise DataError(f"epochs: {epochs!r} must be an integer >= 1")
+MAX_EPOCHS = 1000  # as the config's num_train_epochs (empo.validate.RANGES)
+
+
+def check_arguments(epochs: int, sampling: str, seed: int = 0) -> None:
+    """DataError for an epoch count outside 1..MAX_EPOCHS, a seed outside 0..2^32-1 or an
+    unknown sampling scheme."""
+    from empo.validate import SEED_LIMIT
+
+    if not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS:
+        raise DataError(f"epochs: {epochs!r} is out of range; allowed: 1 <= epochs <= {MAX_EPOCHS}")
+    if not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise DataError(f"seed: {seed!r} is out of range; allowed: 0 <= seed <= {SEED_LIMIT - 1}")
     if sampling not in SAMPLINGS:
         raise DataError(f"sampling: '{sampling}' is not one of {', '.join(SAMPLINGS)}")
 

@@ -43,12 +43,15 @@ def check_launch(cfg: ExperimentConfig, executor: str) -> None:
 
 
 def job_environment(resources: Resources) -> dict[str, str]:
-    """Variables a job starts with: torch's thread pools sized to the job's cores rather than the
-    machine's (two local jobs on two cores must not run four threads), unless the user set them."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return {}
-    return {"OMP_NUM_THREADS": str(resources.cpus_per_task),
-            "MKL_NUM_THREADS": str(resources.cpus_per_task)}
+    """Variables a job starts with, unless the user set them: torch's thread pools sized to the
+    job's cores rather than the machine's (two local jobs on two cores must not run four
+    threads), and a fixed PYTHONHASHSEED (bert-score orders equal-length sentences by set order:
+    without it F_BERT differs in the last float32 bit between two identical runs)."""
+    env = {"PYTHONHASHSEED": "0"}
+    if "OMP_NUM_THREADS" not in os.environ:
+        env.update(OMP_NUM_THREADS=str(resources.cpus_per_task),
+                   MKL_NUM_THREADS=str(resources.cpus_per_task))
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 @contextlib.contextmanager
@@ -108,9 +111,9 @@ def make_executor(cfg: ExperimentConfig, executor: str, folder: Path, resources:
     for key in ("partition", "account", "qos"):
         if getattr(resources, key):
             params[f"slurm_{key}"] = getattr(resources, key)
-    threads = job_environment(resources)
-    if threads:
-        params["slurm_setup"] = ["export " + " ".join(f"{k}={v}" for k, v in threads.items())]
+    env = job_environment(resources)
+    if env:
+        params["slurm_setup"] = ["export " + " ".join(f"{k}={v}" for k, v in env.items())]
     if container.srun_args:
         params["slurm_srun_args"] = list(container.srun_args)
     ex.update_parameters(**params)

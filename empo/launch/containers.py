@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # Host variables a job needs inside podman (trailing * = every variable with that prefix).
 PODMAN_ENV = ("SLURM_*", "SUBMITIT_*", "EMPO_*", "HF_*", "TORCH_*", "NCCL_*", "CUDA_*", "NVIDIA_*",
               "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-              "LOCAL_WORLD_SIZE", "GROUP_RANK", "PYTHONPATH", "TRANSFORMERS_*", "TOKENIZERS_*")
+              "LOCAL_WORLD_SIZE", "GROUP_RANK", "PYTHONPATH", "PYTHONHASHSEED", "TRANSFORMERS_*",
+              "TOKENIZERS_*")
 RUNTIMES = ("none", "apptainer", "pyxis", "podman", "charliecloud")
 BINARIES = {"apptainer": ("apptainer", "singularity"), "podman": ("podman",),
             "charliecloud": ("ch-run",), "pyxis": ("srun",)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,38 @@ def read_manifest(experiment_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LaunchError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise LaunchError(f"{path}: cannot read ({err.strerror})") from None
     if not isinstance(data, dict):
         raise LaunchError(f"{path}: expected a JSON object")
+    check_jobs(data.get("jobs", {}), path)
     return data
+
+
+JOB_ID = {"slurm": re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?"), "local": re.compile(r"[0-9]{1,9}"),
+          "debug": re.compile(r"[A-Za-z0-9_.-]{1,64}")}
+
+
+def check_jobs(jobs: Any, path: Path) -> None:
+    """The manifest's `jobs` are what the launcher writes: stage key -> {job_id, executor, ...}
+    with a job id of the executor's form (ids reach scancel/sacct as arguments)."""
+    if not isinstance(jobs, dict):
+        raise LaunchError(f"{path}: 'jobs' must be an object of stage key -> job entry")
+    for key, entry in jobs.items():
+        if not isinstance(entry, dict):
+            raise LaunchError(f"{path}: jobs.{key} must be an object")
+        executor, job_id = entry.get("executor"), entry.get("job_id")
+        if executor not in JOB_ID:
+            raise LaunchError(f"{path}: jobs.{key}.executor {executor!r}; allowed: "
+                              f"{', '.join(JOB_ID)}")
+        if not isinstance(job_id, str) or not JOB_ID[executor].fullmatch(job_id):
+            raise LaunchError(f"{path}: jobs.{key}.job_id {job_id!r} is not a {executor} job id")
+        for field in ("state", "stderr", "stdout", "folder"):
+            if field in entry and entry[field] is not None and not isinstance(entry[field], str):
+                raise LaunchError(f"{path}: jobs.{key}.{field} must be a string")
 
 
 def git_commit(root: Path) -> tuple[str | None, bool]:

@@ -7,9 +7,13 @@ everything is queued at once with dependencies and watched through sacct.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from empo.launch import (check_launch, clean_submission_env, job_environment, jo
 from empo.launch.experiment import check_experiment_dir, write_experiment
 from empo.launch.manifest import read_manifest, record_jobs, update_job
 from empo.launch.plan import Unit, plan_units
-from empo.launch.status import (RUNNING, WAITING, StageStatus, experiment_status,
+from empo.launch.status import (RUNNING, WAITING, StageStatus, _alive, experiment_status,
                                 job_states, normalize, render, summary)
 from empo.launch.submit import entry, job_folder, job_name, submit_graph
 from empo.pipeline import Graph, build_graph, stage_call
@@ -77,11 +81,36 @@ def _refuse_if_active(experiment_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- local / debug
 
+def run_lock_path(experiment_dir: Path) -> Path:
+    """results/.<name>.run.lock: held by the `empo run` / `empo submit` driving an experiment
+    (beside the directory, which --force-new may move aside)."""
+    experiment_dir = Path(experiment_dir)
+    return experiment_dir.with_name(f".{experiment_dir.name}.run.lock")
+
+
+def driver_lock(cfg: ExperimentConfig) -> Any:
+    """One driver per experiment at a time: a second `empo run`/`submit` gets one clear line."""
+    from empo.results.store import file_lock
+
+    cfg.experiment_dir.parent.mkdir(parents=True, exist_ok=True)
+    return file_lock(run_lock_path(cfg.experiment_dir), blocking=False,
+                     what=f"experiment {cfg.experiment_dir} (empo run/submit)")
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM (from `empo cancel` or the batch system) to the driver: stop like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stopped()
+
+
 @dataclass
 class _Job:
     unit: Unit
     job: Any = None
-    state: str = "waiting"          # waiting | running | done | failed | not-run
+    state: str = "waiting"          # waiting | running | elsewhere | done | failed | not-run
+    pid: int | None = None          # elsewhere: the live job of an earlier driver
     started: float = 0.0
     reason: str = ""
     log: str | None = None
@@ -96,26 +125,51 @@ def run_local(cfg: ExperimentConfig, graph: Graph, executor: str, parallel: int 
     folder = job_folder(cfg, executor)
     parallel = parallel or max(1, (os.cpu_count() or 1) // max(1, cfg.cluster.cpus_per_task))
     jobs = {unit.key: _Job(unit) for unit in plan_units(graph)}
+    _adopt_live_jobs(cfg, jobs)
     gpus = local_gpus(cfg.cluster.gpus_per_node) if executor == "local" else []
     console = console or _console()
     say = console.print
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     with Live(render(_local_statuses(graph, jobs)), console=console, refresh_per_second=2,
               transient=False) as live:
         try:
-            while any(j.state in ("waiting", "running") for j in jobs.values()):
+            while any(j.state in ("waiting", "running", "elsewhere") for j in jobs.values()):
                 _start_ready(cfg, executor, folder, jobs, parallel, gpus, say)
                 _collect(cfg, jobs, gpus, say)
                 live.update(render(_local_statuses(graph, jobs)))
-                if any(j.state == "running" for j in jobs.values()):
+                if any(j.state in ("running", "elsewhere") for j in jobs.values()):
                     time.sleep(poll_s)
         except BaseException:
-            for job in jobs.values():
-                if job.state == "running" and executor == "local":
-                    job.job.cancel(check=False)
+            _stop_started(cfg, jobs, executor)
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         statuses = _local_statuses(graph, jobs)
         live.update(render(statuses, title=f"{cfg.name}: {summary(statuses)}"))
     return statuses
+
+
+def _adopt_live_jobs(cfg: ExperimentConfig, jobs: dict[str, _Job]) -> None:
+    """Units whose local job from an earlier driver is still alive (that driver was killed):
+    wait for that job instead of starting the stages a second time."""
+    entries = read_manifest(cfg.experiment_dir).get("jobs", {})
+    for job in jobs.values():
+        for stage in job.unit.stages:
+            entry = entries.get(stage.key) or {}
+            if entry.get("executor") == "local" and not entry.get("state") \
+                    and _alive(int(entry["job_id"])):
+                job.state, job.pid, job.log = "elsewhere", int(entry["job_id"]), entry.get("stderr")
+                break
+
+
+def _stop_started(cfg: ExperimentConfig, jobs: dict[str, _Job], executor: str) -> None:
+    """On Ctrl-C or SIGTERM: stop the jobs this driver started and record them as cancelled."""
+    from empo.launch.status import stop_process_tree
+
+    for job in jobs.values():
+        if job.state == "running" and executor == "local":
+            stop_process_tree(int(job.job.job_id), grace_s=5.0)
+            update_job(cfg, [s.key for s in job.unit.stages], state="CANCELLED")
 
 
 def local_gpus(gpus_per_node: int) -> list[int]:
@@ -150,7 +204,7 @@ def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
         ex = make_executor(cfg, executor, folder, resources, visible_gpus=job.gpus)
         env = job_environment(resources) if executor == "local" else {}
         # the job inherits this environment: no SLURM/torch distributed variables of ours
-        with clean_submission_env(), environment_variables(**env):
+        with clean_submission_env(), environment_variables(**env), _stderr_to(folder):
             job.job = ex.submit(stage_call(job.unit.stages))
         job.state, job.started, running = "running", time.time(), running + 1
         job.log = str(job.job.paths.stderr)
@@ -159,8 +213,29 @@ def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
         say(f"[cyan]start[/] {job.unit.key} (job {job.job.job_id})", highlight=False)
 
 
+@contextlib.contextmanager
+def _stderr_to(folder: Path) -> Iterator[None]:
+    """Give a local job's controller (submitit's, started by `ex.submit`) the job folder's
+    controller.log as stderr instead of the terminal: on Ctrl-C the controller prints a
+    KeyboardInterrupt traceback, which belongs in a log, not on the user's screen."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(folder / "controller.log", "ab") as log_file:
+        os.dup2(log_file.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _collect(cfg, jobs, gpus, say) -> None:
     for job in jobs.values():
+        if job.state == "elsewhere" and not _alive(job.pid):
+            done = all(stage.is_done() for stage in job.unit.stages)
+            job.state = "done" if done else "waiting"  # else: start it here
+            say(f"[cyan]ended[/] {job.unit.key} (job {job.pid} of an earlier run)", highlight=False)
         if job.state != "running":
             continue
         try:
@@ -208,6 +283,9 @@ def _local_statuses(graph: Graph, jobs: dict[str, _Job]) -> list[StageStatus]:
                 d for d in job.unit.deps if jobs[d].state != "done"))
         elif job.state == "running":
             out[stage.key] = StageStatus(stage.key, "running", job_id, log)
+        elif job.state == "elsewhere":
+            out[stage.key] = StageStatus(stage.key, "running", str(job.pid), log,
+                                         "started by an earlier empo run; waiting for it")
         elif job.state == "not-run":
             out[stage.key] = StageStatus(stage.key, "not-run", None, None, job.reason)
         else:  # the job failed or ended without this stage's marker
@@ -264,12 +342,14 @@ def wait_slurm(cfg: ExperimentConfig, graph: Graph, poll_s: float = 5.0,
 def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False,
                    parallel: int | None = None, console: Any = None) -> Outcome:
     """`empo run`: all pending stages, waited for; the aggregate table path when it exists."""
-    graph, moved = prepare(cfg, executor, force_new)
-    if executor == "slurm":
-        submit_graph(cfg, graph, job_folder(cfg, executor))
-        statuses = wait_slurm(cfg, graph, console=console)
-    else:
-        statuses = run_local(cfg, graph, executor, parallel=parallel, console=console)
+    check_launch(cfg, executor)
+    with driver_lock(cfg):
+        graph, moved = prepare(cfg, executor, force_new)
+        if executor == "slurm":
+            submit_graph(cfg, graph, job_folder(cfg, executor))
+            statuses = wait_slurm(cfg, graph, console=console)
+        else:
+            statuses = run_local(cfg, graph, executor, parallel=parallel, console=console)
     table = cfg.experiment_dir / "table.csv"
     return Outcome(graph, statuses, table if table.exists() else None, moved)
 
@@ -277,8 +357,10 @@ def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False
 def submit_experiment(cfg: ExperimentConfig, force_new: bool = False
                       ) -> tuple[Graph, dict[str, Any], Path | None]:
     """`empo submit`: queue all pending stages on SLURM and return at once."""
-    graph, moved = prepare(cfg, "slurm", force_new)
-    entries = submit_graph(cfg, graph, job_folder(cfg, "slurm"))
+    check_launch(cfg, "slurm")
+    with driver_lock(cfg):
+        graph, moved = prepare(cfg, "slurm", force_new)
+        entries = submit_graph(cfg, graph, job_folder(cfg, "slurm"))
     return graph, entries, moved
 
 

@@ -6,9 +6,9 @@ Also `cancel`: stop every unfinished job of an experiment.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,29 +120,23 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def local_state(entry: dict[str, Any]) -> str:
-    """A local (submitit LocalExecutor) job's state from its result pickle and its process."""
-    result = Path(entry.get("folder", "")) / f"{entry['job_id']}_0_result.pkl"
-    if result.exists():
-        try:
-            with open(result, "rb") as handle:
-                outcome = pickle.load(handle)[0]
-        except Exception:  # noqa: BLE001 - being written, or unreadable: say running
-            return "RUNNING"
-        return "COMPLETED" if outcome == "success" else "FAILED"
+    """A local (submitit LocalExecutor) job's state: what the driver recorded when it ended, else
+    RUNNING while its controller process lives, else FAILED (the markers say what finished).
+    Nothing named by the manifest is ever unpickled."""
     if entry.get("state"):
-        return entry["state"]
-    pid = int(entry["job_id"]) if str(entry["job_id"]).isdigit() else None
-    if pid and _alive(pid):
-        return "RUNNING"
-    return "FAILED"
+        return str(entry["state"])
+    pid = int(entry["job_id"])
+    return "RUNNING" if _alive(pid) else "FAILED"
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` is a live submitit process (not a zombie, not a reused pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return b"submitit" in cmdline
+    return b"submitit" in cmdline and state != "Z"
 
 
 def job_states(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -164,21 +158,113 @@ def experiment_status(graph: Graph, manifest: dict[str, Any]) -> list[StageStatu
 
 # ----------------------------------------------------------------------------- cancel
 
-def cancel(graph: Graph, manifest: dict[str, Any]) -> list[str]:
-    """Cancel every job still pending or running for an unfinished stage; returns their ids."""
+def cancel(graph: Graph, manifest: dict[str, Any], experiment_dir: Path | None = None,
+           grace_s: float = 10.0) -> list[str]:
+    """Cancel every job still pending or running for an unfinished stage, and the local driver
+    (`empo run`) that would start more; then check that they stopped. Returns the job ids.
+
+    SLURM: scancel, then wait until accounting shows them ended. Local: SIGINT to the job's
+    controller, then SIGTERM, then SIGKILL to its whole process tree (a job started from a script
+    with `&` ignores SIGINT). LaunchError naming the jobs that are still alive after that."""
+    if experiment_dir is not None:
+        stop_driver(experiment_dir, grace_s)
     statuses = experiment_status(graph, manifest)
     jobs = manifest.get("jobs", {})
     active = {s.job_id for s in statuses if s.state in ("running", "pending") and s.job_id}
-    slurm = sorted(j for j in active if any(e["job_id"] == j and e.get("executor") == "slurm"
-                                            for e in jobs.values()))
+    executor = {e["job_id"]: e.get("executor") for e in jobs.values()}
+    slurm = sorted(j for j in active if executor.get(j) == "slurm")
     if slurm:
-        done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["scancel", "--", *slurm], capture_output=True, text=True,
+                              timeout=60)
         if done.returncode != 0:
             raise LaunchError(f"scancel {' '.join(slurm)} failed: {done.stderr.strip()}")
-    for job_id in sorted(active - set(slurm)):
-        if job_id.isdigit() and _alive(int(job_id)):
-            os.kill(int(job_id), signal.SIGINT)  # submitit's local controller stops its tasks
+    local = sorted(j for j in active if executor.get(j) == "local")
+    alive = [job for job in local if not stop_process_tree(int(job), grace_s)]
+    deadline = time.time() + max(grace_s, 30.0)
+    while slurm and time.time() < deadline:
+        states = slurm_states(slurm)
+        slurm = [j for j in slurm if normalize(states.get(j)) in RUNNING | {"PENDING", "REQUEUED"}]
+        if slurm:
+            time.sleep(1.0)
+    if alive or slurm:
+        raise LaunchError(f"jobs {' '.join(alive + slurm)} are still alive after cancelling; "
+                          "check them with squeue / ps")
     return sorted(active)
+
+
+def stop_driver(experiment_dir: Path, grace_s: float) -> None:
+    """SIGTERM the `empo run` process that holds this experiment's run lock (on this host), so
+    it starts nothing more and cancels what it started; wait for it to exit."""
+    from empo.launch.run import run_lock_path
+
+    try:
+        holder = run_lock_path(experiment_dir).read_text().split()
+    except OSError:
+        return
+    if len(holder) != 4 or holder[0] != "host" or not holder[3].isdigit():
+        return
+    import socket
+
+    pid = int(holder[3])
+    if holder[1] != socket.gethostname() or pid == os.getpid():
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"empo" not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace_s + 15
+    while time.time() < deadline and Path(f"/proc/{pid}").exists() and not _zombie(pid):
+        time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> bool:
+    """SIGINT `pid` (a submitit local controller: it stops its tasks), then SIGTERM, then SIGKILL
+    it and every descendant; True once none of them is alive."""
+    if not _alive(pid):
+        return True
+    tree = [pid] + _children(pid)
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, grace_s / 2), (signal.SIGKILL, 5.0)):
+        targets = [pid] if sig == signal.SIGINT else tree + [c for c in _children(pid) if c not in tree]
+        for target in targets:
+            try:
+                os.kill(target, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if all(_zombie(p) or not Path(f"/proc/{p}").exists() for p in tree):
+                return True
+            time.sleep(0.1)
+    return all(_zombie(p) or not Path(f"/proc/{p}").exists() for p in tree)
 
 
 # ----------------------------------------------------------------------------- rendering

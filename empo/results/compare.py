@@ -49,9 +49,11 @@ def _float(value: str, path: Path, line: int, column: str) -> float | None:
 def read_table_csv(path: Path) -> Reference:
     """A table.csv-shaped file -> variant -> metric -> Stat (n from `<metric>_n`, else `n`)."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
         raise EmpoError(f"{path}: cannot read reference table ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise EmpoError(f"{path}: reference table is not UTF-8 text (byte {err.start})") from None
     reader = csv.DictReader(text.splitlines())
     columns = reader.fieldnames or []
     if "variant" not in columns or "n" not in columns:

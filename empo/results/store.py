@@ -1,11 +1,18 @@
-"""The run store (DESIGN §5): paths, atomic writes, stage markers and metrics merging."""
+"""The run store (DESIGN §5): paths, atomic writes, stage markers, locks, metrics merging, and
+the guards every write goes through: an output is never an input, a directory is only rebuilt or
+removed when it carries the project's own marker, a stage runs in one process at a time.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,15 +79,130 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+class StageBusy(EmpoError):
+    """Another process holds the lock of this stage (or experiment): nothing was done."""
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if missing), for read-modify-write."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def file_lock(path: Path, blocking: bool = True, what: str = "") -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing, removed on release).
+
+    The holder writes its host and pid into the file. The file is unlinked while still locked;
+    a waiter that then gets the lock on the unlinked inode retries on the new file, so two
+    processes never both hold it. Non-blocking: StageBusy naming the holder.
+    """
+    path = Path(path)
+    tries = 0
+    while True:
+        handle = open(path, "a+")
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            tries += 1
+            if tries < 5:  # `is_locked` probes hold it for microseconds
+                time.sleep(0.1)
+                continue
+            raise StageBusy(f"{what or path}: already running ({holder}; lock {path}); "
+                            "nothing done") from None
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()  # locked a file its last holder had already removed: take the new one
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def stage_lock(directory: Path, kind: str, key: str) -> contextlib.AbstractContextManager[None]:
+    """Held while stage `key` (of `kind`) runs in `directory`; a second process gets StageBusy."""
+    return file_lock(Path(directory) / f".{kind}.lock", blocking=False, what=f"stage {key}")
+
+
+def is_locked(directory: Path, kind: str) -> bool:
+    """Whether a process holds the lock of stage `kind` in `directory` now."""
+    path = Path(directory) / f".{kind}.lock"
+    try:
+        handle = open(path, "r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+# ----------------------------------------------------------------------------- write guards
+
+OWNER_MARKER = ".empo-owned"
+
+
+def check_output(path: Path, inputs: Iterable[Path | str | None] = (), what: str = "output"
+                 ) -> Path:
+    """Refuse, before any work, an output that cannot be written or would destroy an input: one
+    that is an existing file inside (or equal to) an input file or directory, a directory, or in
+    a directory that is missing or not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise EmpoError(f"{path}: {what} path is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise EmpoError(f"{path}: {what} directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EmpoError(f"{path}: {what} directory {parent} is not writable")
+    if path.exists():
+        target = path.resolve()
+        for item in inputs:
+            if item is None or not Path(item).exists():
+                continue
+            source = Path(item).resolve()
+            if target == source or (source.is_dir() and source in target.parents) \
+                    or os.path.samefile(path, item):
+                raise EmpoError(f"{path}: {what} would overwrite the input {item}; "
+                                "write it somewhere else")
+    return path
+
+
+def claim_dir(path: Path, what: str) -> Path:
+    """Make `path` a directory the project owns (with OWNER_MARKER): new, empty or already ours.
+    A non-empty directory without the marker is refused: it holds someone else's files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EmpoError(f"{path}: {what} must be a directory; a file is there")
+    if path.is_dir() and not (path / OWNER_MARKER).exists() and any(path.iterdir()):
+        raise EmpoError(f"{path}: not an EmPO {what} directory (it holds other files and no "
+                        f"{OWNER_MARKER} marker); name a new or empty directory")
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / OWNER_MARKER).exists():
+        atomic_write_text(path / OWNER_MARKER, f"created by EmPO as {what}\n")
+    return path
+
+
+def remove_owned_dir(path: Path) -> None:
+    """Delete a directory the project made (it carries OWNER_MARKER); refuse any other."""
+    path = Path(path)
+    if not (path / OWNER_MARKER).is_file() or path.is_symlink():
+        raise EmpoError(f"{path}: refusing to delete a directory EmPO did not create "
+                        f"(no {OWNER_MARKER} marker)")
+    shutil.rmtree(path)
 
 
 def merge_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -98,3 +220,93 @@ def merge_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         current.update(metrics)
         atomic_write_json(path, current)
     return current
+
+
+# ----------------------------------------------------------------------------- output checks
+# A stage is done when its marker exists *and* its outputs parse: a truncated or corrupted file
+# is never taken for a finished result.
+
+def json_object_problem(path: Path, keys: Iterable[str] = ()) -> str | None:
+    """Why `path` is not a JSON object holding `keys` (None when it is)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{path} is not valid JSON ({err})"
+    if not isinstance(data, dict):
+        return f"{path} is not a JSON object"
+    missing = [key for key in keys if key not in data]
+    return f"{path} lacks {', '.join(missing)}" if missing else None
+
+
+def jsonl_problem(path: Path, field: str) -> str | None:
+    """Why `path` is not JSON lines of objects with `field` (None when it is)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return f"{path}:{number} is not valid JSON"
+                if not isinstance(row, dict) or field not in row:
+                    return f"{path}:{number} has no '{field}'"
+    except FileNotFoundError:
+        return f"{path} is missing"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (header and sizes; no tensors are read)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or 8 + length > size:
+                return f"{path} is truncated or not a safetensors file"
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{path} has a corrupt safetensors header"
+    if not isinstance(header, dict):
+        return f"{path} has a corrupt safetensors header"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"
+            and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2]
+    if len(ends) != len([k for k in header if k != "__metadata__"]):
+        return f"{path} has a corrupt safetensors header"
+    if 8 + length + max(ends, default=0) != size:
+        return f"{path} is truncated ({size} bytes; its header describes {8 + length + max(ends, default=0)})"
+    return None
+
+
+def adapter_problem(adapter_dir: Path) -> str | None:
+    """Why `adapter_dir` is not a complete peft adapter (config JSON + safetensors weights)."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        return f"{adapter_dir} is missing"
+    problem = json_object_problem(adapter_dir / "adapter_config.json")
+    if problem:
+        return problem
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists() and (adapter_dir / "adapter_model.bin").is_file():
+        return None  # a torch file from an older peft: read with weights_only=True where used
+    return safetensors_problem(weights)
+
+
+def move_aside(path: Path, why: str) -> Path | None:
+    """Rename an invalid output to `<name>.invalid-<n>` beside it (never delete); returns where."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    n = 1
+    while (target := path.with_name(f"{path.name}.invalid-{n}")).exists():
+        n += 1
+    os.replace(path, target)
+    (target.parent / f"{target.name}.why").write_text(why + "\n")
+    return target

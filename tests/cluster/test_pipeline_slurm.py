@@ -25,6 +25,7 @@ from empo.launch.status import experiment_status
 from empo.launch.experiment import write_experiment
 from empo.pipeline import build_graph, export_distributed_env, stage_call
 from empo.results.store import is_done, mark_done, run_dir
+from fakes import fake_training
 
 pytestmark = [pytest.mark.slurm]
 
@@ -138,9 +139,12 @@ def test_a_later_refusal_cancels_the_jobs_already_queued(slurm_cluster, tmp_path
                       "cluster.mem_gb=100000000")
     cfg = load_config(args[0], args[1:])
     for stage in build_graph(cfg):
-        if stage.kind in ("sft", "dpo") or stage.key == "mmlu/baseline/seed-1":
+        if stage.kind in ("sft", "dpo"):
+            fake_training(stage.directory)
+        elif stage.key == "mmlu/baseline/seed-1":
             stage.directory.mkdir(parents=True, exist_ok=True)
-            mark_done(stage.directory, "" if stage.kind in ("sft", "dpo") else "mmlu")
+            (stage.directory / "metrics.json").write_text(json.dumps({"mmlu": 0.3}))
+            mark_done(stage.directory, "mmlu")
     assert main(["submit", *args]) == 2
     err = capsys.readouterr().err
     match = re.search(r"cancelled the 1 job\(s\) queued before it \((\d+)\)", err)
@@ -235,7 +239,9 @@ def evaluated_store(tmp_path: Path, *more: str):
             stage.directory.mkdir(parents=True, exist_ok=True)
             if stage.kind == "mmlu":
                 (stage.directory / "metrics.json").write_text(json.dumps({"mmlu": 0.1 * stage.seed}))
-            mark_done(stage.directory, "mmlu" if stage.kind == "mmlu" else "")
+                mark_done(stage.directory, "mmlu")
+            else:
+                fake_training(stage.directory)
     return args, cfg
 
 

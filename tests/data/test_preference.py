@@ -212,7 +212,8 @@ def test_label_missing_from_table_and_opposite_without_dialogues_in_one_error():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": 0}, "epochs: 0 must be an integer >= 1"),
+    ({"epochs": 0}, "epochs: 0 is out of range; allowed: 1 <= epochs <= 1000"),
+        ({"epochs": 100_000_000}, "epochs: 100000000 is out of range"),
     ({"sampling": "stratified"}, "sampling: 'stratified' is not one of balanced, uniform"),
 ])
 def test_bad_arguments(kwargs, message):

@@ -52,7 +52,7 @@ def test_run_starts_what_is_missing_and_prints_the_table(evaluated, executor, ca
 def test_a_failed_stage_stops_its_dependants_and_names_its_log(evaluated, capsys):
     path, cfg = evaluated
     bad = cfg.experiment_dir / "runs/sft/seed-2/metrics.json"
-    bad.write_text("{not json")
+    bad.write_text(json.dumps({"mmlu": "high"}))  # parses, so the eval is done; the table fails
     assert main(["run", str(path), "--executor", "local"]) == 1
     out, err = capsys.readouterr()
     assert "FAILED aggregate" in err and "malformed metrics.json" in err

@@ -61,7 +61,7 @@ def test_an_unknown_key_is_a_config_error_with_the_closest_key(tmp_path):
 
 
 @pytest.mark.parametrize("grid, message", [
-    ({"lora.r": [16, 0]}, r"sweep point 'sft@lora\.r=0': lora\.r: 0 must be > 0"),
+    ({"lora.r": [16, 0]}, r"sweep point 'sft@lora\.r=0': lora\.r: 0 is out of range"),
     ({"dpo.beta": ["high"]}, r"sweep point 'sft@dpo\.beta=high'.*dpo\.beta"),
     ({"lora.r": [16, 16]}, "appears twice"),
     ({"lora.r": []}, "non-empty list"),

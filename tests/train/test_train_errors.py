@@ -51,7 +51,7 @@ def test_sft_bad_input(make_cfg, tmp_path, no_heavy_work, case, overrides, messa
 def test_non_positive_rank_or_alpha(make_cfg, tmp_path, no_heavy_work, field, value):
     from empo.train.sft import train_sft
 
-    with pytest.raises(ConfigError, match=f"lora.{field}: {value} must be > 0"):
+    with pytest.raises(ConfigError, match=f"lora.{field}: {value} is out of range"):
         make_cfg(f"lora.{field}={value}")
     cfg = make_cfg()
     setattr(cfg.lora, field, value)  # built in code, past the config validation
@@ -106,7 +106,7 @@ def test_cli_reports_dpo_without_sft_and_bad_lora_as_one_line_errors(tiny_assets
     assert dpo.stderr.strip().splitlines()[-1].startswith(f"empo: error: SFT adapter {expected} is missing")
     bad = subprocess.run([*base, "sft", str(SMOKE), *over, "lora.r=0", "--seed", "7"], capture_output=True,
                          text=True, env=subprocess_env(), cwd=PROJECT_ROOT, timeout=300)
-    assert bad.returncode == 2 and "lora.r: 0 must be > 0" in bad.stderr
+    assert bad.returncode == 2 and "lora.r: 0 is out of range" in bad.stderr
     assert "Traceback" not in bad.stderr + dpo.stderr
 
 

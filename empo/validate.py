@@ -1,0 +1,216 @@
+"""Value rules for everything a config or a results directory hands the project: bounded YAML,
+text free of control characters, safe names, and the allowed range of every numeric field.
+
+Standard library and PyYAML only (imported by the CLI and the launcher on a login node).
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from empo.errors import ConfigError
+
+MAX_YAML_BYTES = 1 << 20          # a config, profile or experiment.yaml larger than this is refused
+MAX_YAML_NODES = 100_000          # after alias expansion (an alias bomb expands to billions)
+MAX_YAML_DEPTH = 64
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+NAME_RULE = ("1-100 characters from A-Z a-z 0-9 . _ + -, starting with a letter or digit")
+SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]{0,63}")
+# Free text may hold newlines and tabs: it never reaches a shell script or a file name.
+FREE_TEXT_KEYS = ("data.system_prompt",)
+SEED_LIMIT = 2**32                # numpy/torch seeds: 0 <= seed < 2^32
+
+
+def read_text(path: Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> str:
+    """A UTF-8 text file; ConfigError naming the file for unreadable, oversized or non-UTF-8."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror})") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path}: {what} larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {err.start}); save the {what} "
+                          "as UTF-8") from None
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load, refusing documents that expand past MAX_YAML_NODES (alias bombs) or nest
+    deeper than MAX_YAML_DEPTH; errors name `source` and the line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    _check_size(data, source)
+    return data
+
+
+def _check_size(data: Any, source: str) -> None:
+    count = 0
+    stack = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source}: YAML expands to more than {MAX_YAML_NODES} values or "
+                              f"{MAX_YAML_DEPTH} levels (an alias bomb?); write it out plainly")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            stack.extend((k, depth + 1) for k in node.keys())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def check_text(value: Any, path: str) -> None:
+    """ConfigError if a string in `value` (nested lists/dicts too) holds a control character or
+    a line/paragraph separator (newlines and tabs are allowed in FREE_TEXT_KEYS)."""
+    if isinstance(value, str):
+        allowed = "\n\t" if path in FREE_TEXT_KEYS else ""
+        for i, char in enumerate(value):
+            if char not in allowed and unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+                raise ConfigError(f"{path}: control character {char!r} at position {i} of "
+                                  f"{value[:40]!r}; config text must be printable")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"{path} (key)")
+            check_text(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_text(item, f"{path}[{i}]")
+
+
+def check_name(value: str, key: str) -> str:
+    """`value` is a safe name for a directory and a job (no '/', '..', spaces or control chars)."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} is not a valid name; allowed: {NAME_RULE}")
+    return value
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: lo <= v <= hi (lo < v when `open_lo`)."""
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return (self.lo < value if self.open_lo else self.lo <= value) and value <= self.hi
+
+    def __str__(self) -> str:
+        return f"{_num(self.lo)} {'<' if self.open_lo else '<='} value <= {_num(self.hi)}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+BATCH = Range(1, 100_000)
+STEPS = Range(1, 10**9)
+# Every int/float field of the config dataclasses, as "<Class>.<field>" (subclasses inherit).
+# tests/test_config.py checks that no numeric field is missing here.
+RANGES: dict[str, Range] = {
+    "ExperimentConfig.seeds": Range(0, SEED_LIMIT - 1),
+    "DataConfig.max_eval_examples": Range(1, 10**9),
+    "LoraConfig.r": Range(1, 65_536),
+    "LoraConfig.lora_alpha": Range(1, 1_000_000),
+    "LoraConfig.lora_dropout": Range(0, 0.99),
+    "TrainConfig.learning_rate": Range(0, 1, open_lo=True),
+    "TrainConfig.num_train_epochs": Range(1, 1000),
+    "TrainConfig.global_batch_size": Range(1, 1_000_000),
+    "TrainConfig.per_device_train_batch_size": BATCH,
+    "TrainConfig.warmup_ratio": Range(0, 1),
+    "TrainConfig.weight_decay": Range(0, 100),
+    "TrainConfig.max_length": Range(8, 1 << 20),
+    "TrainConfig.logging_steps": STEPS,
+    "TrainConfig.save_steps": STEPS,
+    "TrainConfig.save_total_limit": Range(1, 10_000),
+    "DPOConfig.beta": Range(0, 100, open_lo=True),
+    "GenerationConfig.max_new_tokens": Range(1, 1 << 20),
+    "GenerationConfig.temperature": Range(0, 100, open_lo=True),
+    "GenerationConfig.top_p": Range(0, 1, open_lo=True),
+    "GenerationConfig.batch_size": BATCH,
+    "EpitomeConfig.batch_size": BATCH,
+    "EpitomeConfig.train_seed": Range(0, SEED_LIMIT - 1),
+    "BertScoreConfig.num_layers": Range(1, 1000),
+    "BertScoreConfig.batch_size": BATCH,
+    "MMLUConfig.num_fewshot": Range(0, 100),
+    "MMLUConfig.batch_size": BATCH,
+    "MMLUConfig.limit": Range(1, 10**9),
+    "ClusterConfig.nodes": Range(1, 10_000),
+    "ClusterConfig.gpus_per_node": Range(0, 64),
+    "ClusterConfig.cpus_per_task": Range(1, 1024),
+    "ClusterConfig.mem_gb": Range(0, 1 << 20),
+    "ClusterConfig.gpu_memory_gb": Range(0, 100_000, open_lo=True),
+    "ClusterConfig.time": Range(1, 366 * 24 * 60),
+    "ClusterConfig.max_requeues": Range(0, 1000),
+}
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """The Range of field `name` of dataclass `cls` (looked up along its base classes)."""
+    for klass in cls.__mro__:
+        found = RANGES.get(f"{klass.__name__}.{name}")
+        if found is not None:
+            return found
+    return None
+
+
+def check_range(cls: type, name: str, value: Any, path: str) -> None:
+    """ConfigError naming `path` and the allowed range when a number (or each number of a list
+    or mapping field) falls outside it; NaN and infinities are never allowed."""
+    rule = range_of(cls, name)
+    items = (value if isinstance(value, list) else list(value.values())
+             if isinstance(value, dict) else [value])
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{path}: {item!r} is not a finite number")
+        if rule is not None and item not in rule:
+            raise ConfigError(f"{path}: {item!r} is out of range; allowed: {rule}")
+
+
+def _int_at_least(text: str, low: int, high: int | None = None, what: str = "an integer") -> int:
+    from argparse import ArgumentTypeError
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low or (high is not None and value > high):
+        allowed = f"{low} <= {what} <= {high}" if high is not None else f"{what} >= {low}"
+        raise ArgumentTypeError(f"{text} is out of range; allowed: {allowed}")
+    return value
+
+
+def check_positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def check_non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def check_seed(text: str) -> int:
+    """argparse type: a seed, 0 <= seed < 2^32."""
+    return _int_at_least(text, 0, SEED_LIMIT - 1, "seed")

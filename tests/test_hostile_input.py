@@ -1,0 +1,321 @@
+"""Hostile input, table-driven: every command given input that once destroyed files, ran code,
+hung or crashed answers with exit 2 and one line naming the file/key at fault, and changes no
+file (the workspace is hashed before and after). Issue 9's reproductions are among the cases."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from empo.cli import main
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
+RAW_HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+class Pwned:
+    """A pickle that runs code when loaded: it must never be."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.flag}",))
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    """A workspace: raw ED (a copy of the tiny corpus's layout), a thesis, configs, a results
+    directory crafted by an attacker, predictions, a read-only nothing: everything is hashed."""
+    from empo.data.synthetic import write_ed_corpus
+
+    write_ed_corpus(tmp_path / "ed", per_emotion={"train": 1, "valid": 1, "test": 1}, seed=0)
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "a.tex").write_text("\\section{x}\n")
+    (tmp_path / "header_only").mkdir()
+    for split in ("train", "valid", "test"):
+        (tmp_path / "header_only" / f"{split}.csv").write_text(RAW_HEADER)
+    (tmp_path / "preds.jsonl").write_text(json.dumps(
+        {"conv_id": "1", "emotion": "joyful", "seeker": "hi", "prompt": [], "reference": "yo",
+         "prediction": "hey"}) + "\n")
+    (tmp_path / "bomb.yaml").write_text(f"name: x\nsft:\n  trainer_args:\n    {BOMB.replace(chr(10), chr(10) + '    ')}\n")
+    (tmp_path / "bomb_extra.yaml").write_text(
+        f"name: x\ncluster:\n  slurm_extra:\n    {BOMB.replace(chr(10), chr(10) + '    ')}\n")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "latin1_profile.yaml").write_bytes("partition: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "with_profile.yaml").write_text(
+        f"name: x\ncluster:\n  profile: {tmp_path / 'latin1_profile.yaml'}\n")
+    (tmp_path / "list.yaml").write_text("- name\n- x\n")
+    (tmp_path / "arch_list.json").write_text("[1, 2]")
+    (tmp_path / "latin1.csv").write_bytes("variant,n\nbas\xe9,1\n".encode("latin-1"))
+    (tmp_path / "latin1.tsv").write_bytes("emotion\topposite\ncaf\xe9\tx\n".encode("latin-1"))
+    _crafted_results(tmp_path)
+    return tmp_path
+
+
+def _crafted_results(root: Path) -> None:
+    """results/evil: a results directory whose manifest points at a code-running pickle."""
+    exp = root / "results" / "evil"
+    jobs = exp / "jobs"
+    jobs.mkdir(parents=True)
+    (exp / "experiment.yaml").write_text(SMOKE.read_text().replace("name: smoke", "name: evil")
+                                         .replace("results_dir: results", f"results_dir: {root}/results")
+                                         .replace("assets/tiny", f"{PROJECT_ROOT}/assets/tiny"))
+    with open(jobs / "4242_0_result.pkl", "wb") as handle:
+        pickle.dump(Pwned(root.parent / f"{root.name}-PWNED"), handle)
+    manifest = {"jobs": {"sft/sft/seed-1": {"job_id": "4242", "executor": "local",
+                                            "folder": str(jobs), "stderr": "x"}}}
+    (exp / "manifest.json").write_text(json.dumps(manifest))
+    bad = root / "results" / "badshape"
+    bad.mkdir()
+    (bad / "experiment.yaml").write_text((exp / "experiment.yaml").read_text()
+                                         .replace("name: evil", "name: badshape"))
+    (bad / "manifest.json").write_text(json.dumps({"jobs": ["sft"]}))
+    inject = root / "results" / "inject"
+    inject.mkdir()
+    (inject / "experiment.yaml").write_text((exp / "experiment.yaml").read_text()
+                                            .replace("name: evil", "name: inject"))
+    (inject / "manifest.json").write_text(json.dumps({"jobs": {"aggregate": {
+        "job_id": "--help; touch PWNED", "executor": "slurm"}}}))
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """path -> sha256 of every file under `root` (directories as 'dir')."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass
+class Case:
+    """argv (with {ws} for the workspace) -> exit status 2 and a message holding `says`."""
+
+    id: str
+    argv: list[str]
+    says: str
+    status: int = 2
+    setup: Callable[[Path], None] | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+def smoke(*overrides: str) -> list[str]:
+    return [str(SMOKE), "results_dir={ws}/results", *overrides]
+
+
+CASES = [
+    # 1. assets: a directory the project did not make is never deleted or written into
+    Case("plan-assets-foreign-dir", ["plan", *smoke("assets={ws}")], "not an EmPO tiny assets"),
+    Case("plan-assets-thesis", ["plan", *smoke("assets={ws}/thesis")], "not an EmPO tiny assets"),
+    Case("assets-tiny-out-foreign", ["assets", "tiny", "--out", "{ws}/thesis"], "not an EmPO tiny"),
+    Case("run-assets-foreign", ["run", *smoke("assets={ws}/thesis")], "not an EmPO tiny assets"),
+    Case("train-assets-foreign", ["train", "sft", *smoke("assets={ws}/thesis"), "--seed", "1"],
+         "not an EmPO tiny assets"),
+    # 2. an export never replaces its input
+    Case("data-sft-over-input", ["data", "sft", "--source", "{ws}/ed", "--out",
+                                 "{ws}/ed/train.csv"], "would overwrite the input"),
+    Case("data-eval-over-input", ["data", "eval", "--source", "{ws}/ed", "--out",
+                                  "{ws}/ed/test.csv"], "would overwrite the input"),
+    Case("data-preference-over-input", ["data", "preference", "--source", "{ws}/ed", "--out",
+                                        "{ws}/ed/train.csv"], "would overwrite the input"),
+    Case("data-preference-over-table", ["data", "preference", "--source", "{ws}/ed", "--table",
+                                        "{ws}/latin1.tsv", "--out", "{ws}/latin1.tsv"],
+         "would overwrite the input"),
+    Case("eval-bertscore-over-input", ["eval", "bertscore", "--input", "{ws}/preds.jsonl",
+                                       "--model", "x", "--out", "{ws}/preds.jsonl"],
+         "would overwrite the input"),
+    Case("eval-epitome-over-input", ["eval", "epitome", "--input", "{ws}/preds.jsonl",
+                                     "--checkpoints", "x", "--out", "{ws}/preds.jsonl"],
+         "would overwrite the input"),
+    Case("eval-out-is-a-directory", ["eval", "bertscore", "--input", "{ws}/preds.jsonl",
+                                     "--model", "x", "--out", "{ws}/thesis"], "is a directory"),
+    # 3. no control characters in config text (they would end an #SBATCH line)
+    Case("name-newline", ["config", "validate", *smoke('name="x\\ntouch ~/p #"')],
+         "name: control character"),
+    Case("partition-newline", ["config", "validate", *smoke('cluster.partition="gpu\\nid"')],
+         "cluster.partition: control character"),
+    Case("account-newline", ["config", "validate", *smoke('cluster.account="a\\rb"')],
+         "cluster.account: control character"),
+    Case("qos-newline", ["config", "validate", *smoke('cluster.qos="q\\n#"')],
+         "cluster.qos: control character"),
+    Case("slurm-extra-value-newline", ["config", "validate",
+                                       *smoke('cluster.slurm_extra={constraint: "a\\nrm x"}')],
+         "cluster.slurm_extra.constraint: control character"),
+    Case("slurm-extra-key-newline", ["config", "validate",
+                                     *smoke('cluster.slurm_extra={"a\\nb": 1}')],
+         "control character"),
+    Case("slurm-extra-key-not-an-option", ["config", "validate",
+                                           *smoke("cluster.slurm_extra={'x y': 1}")],
+         "not an sbatch long option name"),
+    Case("image-escape", ["config", "validate", *smoke('cluster.container.image="a\\x1b[2J"')],
+         "cluster.container.image: control character"),
+    # 5. names are safe directory and job names
+    Case("name-empty", ["config", "validate", *smoke("name=")], "name: '' is not a valid name"),
+    Case("name-parent", ["config", "validate", *smoke("name=../x")], "name: '../x' is not a valid"),
+    Case("name-absolute", ["run", *smoke("name=/tmp/x")], "name: '/tmp/x' is not a valid name"),
+    Case("name-force-new-empty", ["run", *smoke("name="), "--force-new"], "is not a valid name"),
+    # 4. nothing named by a results directory is unpickled; its job ids are checked
+    Case("status-manifest-shape", ["status", "{ws}/results/badshape"],
+         "'jobs' must be an object"),
+    Case("cancel-manifest-shape", ["cancel", "{ws}/results/badshape"],
+         "'jobs' must be an object"),
+    Case("status-job-id-injection", ["status", "{ws}/results/inject"],
+         "is not a slurm job id"),
+    Case("cancel-job-id-injection", ["cancel", "{ws}/results/inject"], "is not a slurm job id"),
+    # 9. values that pass types but do harm
+    Case("epochs-zero", ["config", "validate", *smoke("sft.num_train_epochs=0")],
+         "sft.num_train_epochs: 0 is out of range; allowed: 1 <= value"),
+    Case("max-eval-negative", ["config", "validate", *smoke("data.max_eval_examples=-1")],
+         "data.max_eval_examples: -1 is out of range"),
+    Case("lr-inf", ["config", "validate", *smoke("dpo.learning_rate=.inf")],
+         "dpo.learning_rate: inf is not a finite number"),
+    Case("lr-nan", ["config", "validate", *smoke("sft.learning_rate=.nan")],
+         "sft.learning_rate: nan is not a finite number"),
+    Case("max-new-tokens-negative", ["config", "validate",
+                                     *smoke("eval.generation.max_new_tokens=-1")],
+         "eval.generation.max_new_tokens: -1 is out of range"),
+    Case("lora-r-huge", ["config", "validate", *smoke("lora.r=100000000000000000000000")],
+         "lora.r: 100000000000000000000000 is out of range"),
+    Case("seed-negative", ["config", "validate", *smoke("seeds=[-1]")], "seeds: -1 is out of range"),
+    Case("seed-too-large", ["config", "validate", *smoke("seeds=[4294967296]")],
+         "seeds: 4294967296 is out of range"),
+    Case("top-p-zero", ["config", "validate", *smoke("eval.generation.top_p=0")],
+         "eval.generation.top_p: 0.0 is out of range; allowed: 0 < value <= 1"),
+    Case("time-zero", ["config", "validate", *smoke("cluster.time={sft: 0}")],
+         "cluster.time: 0 is out of range"),
+    Case("parallel-negative", ["run", *smoke(), "--parallel", "-1"], "--parallel: -1 is out of range"),
+    Case("preference-epochs-huge", ["data", "preference", "--source", "{ws}/ed", "--out",
+                                    "{ws}/p.jsonl", "--epochs", "100000000"],
+         "epochs: 100000000 is out of range"),
+    Case("preference-seed-negative", ["data", "preference", "--source", "{ws}/ed", "--out",
+                                      "{ws}/p.jsonl", "--seed", "-4"], "--seed: -4 is out of range"),
+    Case("train-seed-too-large", ["train", "sft", *smoke(), "--seed", "4294967296"],
+         "--seed: 4294967296 is out of range"),
+    Case("mmlu-limit-zero", ["eval", "mmlu", "--model", "x", "--tasks", "mmlu", "--limit", "0",
+                             "--out", "{ws}/m.json"], "--limit: 0 is out of range"),
+    # 10. YAML alias bombs are refused, fast
+    Case("alias-bomb-trainer-args", ["config", "validate", "{ws}/bomb.yaml"], "alias bomb"),
+    Case("alias-bomb-slurm-extra", ["config", "validate", "{ws}/bomb_extra.yaml"], "alias bomb"),
+    Case("alias-bomb-override", ["config", "validate", *smoke(
+        "sft.trainer_args={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+        "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+        "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}")], "alias bomb"),
+    # 11. one line, exit 2, instead of tracebacks
+    Case("yaml-not-utf8", ["config", "validate", "{ws}/latin1.yaml"], "latin1.yaml:1: not UTF-8"),
+    Case("profile-not-utf8", ["config", "validate", "{ws}/with_profile.yaml"],
+         "latin1_profile.yaml:1: not UTF-8"),
+    Case("yaml-top-level-list", ["config", "validate", "{ws}/list.yaml"],
+         "expected a mapping at the top level"),
+    Case("yaml-missing", ["config", "validate", "{ws}/nope.yaml"], "nope.yaml: cannot read"),
+    Case("architecture-json-list", ["plan", *smoke("model.architecture={ws}/arch_list.json")],
+         "arch_list.json: the model config must be a JSON object"),
+    Case("compare-not-utf8", ["aggregate", "{ws}/results/evil", "--compare", "{ws}/latin1.csv"],
+         "latin1.csv: reference table is not UTF-8"),
+    Case("table-not-utf8", ["data", "preference", "--source", "{ws}/ed", "--out",
+                            "{ws}/p.jsonl", "--table", "{ws}/latin1.tsv"], "latin1.tsv"),
+    Case("header-only-source", ["data", "sft", "--source", "{ws}/header_only", "--out",
+                                "{ws}/sft.jsonl"], "no eligible dialogues"),
+    Case("export-dir-missing", ["data", "sft", "--source", "{ws}/ed", "--out",
+                                "{ws}/nowhere/sft.jsonl"], "does not exist"),
+    Case("status-not-results", ["status", "{ws}/thesis"], "no experiment.yaml"),
+    Case("unknown-option", ["data", "sft", "--source", "{ws}/ed", "--out", "{ws}/s.jsonl",
+                            "--bogus"],
+         "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input_is_refused_in_one_line_and_changes_nothing(case, ws, capsys):
+    argv = [a.replace("{ws}", str(ws)) for a in case.argv]
+    before = tree_digest(ws)
+    project_before = tree_digest(PROJECT_ROOT / "configs")
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse usage errors
+        status = exit_.code
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == case.status, (out, err)
+    assert len(lines) == 1 and case.says in lines[0], err
+    assert "Traceback" not in err
+    assert tree_digest(ws) == before
+    assert tree_digest(PROJECT_ROOT / "configs") == project_before
+    assert not (ws.parent / f"{ws.name}-PWNED").exists()
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+def test_status_and_cancel_never_unpickle_what_a_manifest_names(ws, capsys):
+    """results/evil names a local job whose result pickle runs code: status and cancel read the
+    job's state from its process and the markers, never from that file."""
+    flag = ws.parent / f"{ws.name}-PWNED"
+    assert main(["status", str(ws / "results" / "evil"), "--json"]) == 0
+    states = {s["key"]: s["state"] for s in json.loads(capsys.readouterr().out)}
+    assert states["sft/sft/seed-1"] == "failed"  # no such process, no DONE marker
+    assert main(["cancel", str(ws / "results" / "evil")]) == 0
+    assert not flag.exists()
+
+
+def test_overrides_may_follow_options(capsys):
+    """`--stage sft lora.r=8`: overrides after an option are overrides, not an error."""
+    assert main(["config", "show", str(SMOKE), "lora.r=8"]) == 0
+    capsys.readouterr()
+    tiny = PROJECT_ROOT / "assets" / "tiny"
+    if not (tiny / "COMPLETE").exists():
+        pytest.skip("the tiny assets are built by other tests")
+    assert main(["plan", str(SMOKE), "--stage", "dpo", "lora.r=8"]) == 0
+    assert "lora" in capsys.readouterr().out.lower()
+
+
+def test_assets_are_rebuilt_only_in_a_directory_the_project_marked(tmp_path):
+    """An incomplete build of ours is redone; a foreign directory is refused, never deleted."""
+    from empo.assets import ensure_tiny_assets
+    from empo.errors import EmpoError
+    from empo.results.store import OWNER_MARKER, claim_dir, remove_owned_dir
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(EmpoError, match="not an EmPO tiny assets directory"):
+        ensure_tiny_assets(foreign)
+    with pytest.raises(EmpoError, match="did not create"):
+        remove_owned_dir(foreign)
+    assert (foreign / "keep.txt").read_text() == "x"
+    ours = claim_dir(tmp_path / "ours", "tiny assets")
+    assert (ours / OWNER_MARKER).exists()
+    (ours / "half-written").write_text("")
+    remove_owned_dir(ours)
+    assert not ours.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or subprocess.run(["which", "mount"],
+                    capture_output=True).returncode != 0, reason="needs root to mount a ro tmpfs")
+def test_an_output_in_a_read_only_directory_fails_before_any_work(tmp_path, capsys):
+    """A read-only file system (root ignores permission bits): refused before a model loads."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (tmp_path / "p.jsonl").write_text(json.dumps({"prediction": "x", "reference": "y"}) + "\n")
+        status = main(["eval", "bertscore", "--input", str(tmp_path / "p.jsonl"), "--model",
+                       "does-not-exist", "--out", str(ro / "metrics.json")])
+        err = capsys.readouterr().err
+        assert status == 2 and "is not writable" in err and "Traceback" not in err
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
