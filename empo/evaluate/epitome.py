@@ -63,15 +63,18 @@ class CrossAttention(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """dense -> ReLU -> out_proj over the response's first position (3 empathy levels)."""
+    """dropout -> dense -> ReLU -> dropout -> out_proj over the response's first position (3
+    empathy levels); dropout acts in training only (`empo.evaluate.epitome_train`)."""
 
-    def __init__(self, hidden: int, levels: int = 3):
+    def __init__(self, hidden: int, levels: int = 3, dropout: float = 0.1):
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden, levels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(torch.relu(self.dense(features)))
+        hidden = torch.relu(self.dense(self.dropout(features)))
+        return self.out_proj(self.dropout(hidden))
 
 
 class Encoder(nn.Module):
@@ -86,15 +89,19 @@ class Encoder(nn.Module):
 
 
 class EpitomeClassifier(nn.Module):
-    """One EPITOME classifier (ER, EX or IP) in the published parameter layout."""
+    """One EPITOME classifier (ER, EX or IP) in the published parameter layout. `dropout` (no
+    parameters, active in train mode only) is the original's `hidden_dropout_prob`: on the
+    cross-attention output, before the rationale head and inside the empathy head."""
 
-    def __init__(self, config: RobertaConfig, seeker_encoder: Encoder | None = None):
+    def __init__(self, config: RobertaConfig, seeker_encoder: Encoder | None = None,
+                 dropout: float = 0.1):
         super().__init__()
         hidden = config.hidden_size
+        self.dropout = nn.Dropout(dropout)
         self.rationale_classifier = nn.Linear(hidden, 2)
         self.attn = CrossAttention(hidden)
         self.norm = Norm(hidden)
-        self.empathy_classifier = ClassificationHead(hidden, 3)
+        self.empathy_classifier = ClassificationHead(hidden, 3, dropout)
         self.seeker_encoder = seeker_encoder if seeker_encoder is not None else Encoder(config)
         self.responder_encoder = Encoder(config)
 
@@ -104,14 +111,16 @@ class EpitomeClassifier(nn.Module):
         """The original forward: (empathy logits [B, 3], rationale logits [B, L, 2])."""
         seeker = self.seeker_encoder(seeker_ids, seeker_mask)
         response = self.responder_encoder(response_ids, response_mask)
-        response = response + self.attn(response, seeker, seeker, key_mask=cross_mask)
-        return self.empathy_classifier(response[:, 0, :]), self.rationale_classifier(response)
+        response = response + self.dropout(self.attn(response, seeker, seeker, key_mask=cross_mask))
+        return (self.empathy_classifier(response[:, 0, :]),
+                self.rationale_classifier(self.dropout(response)))
 
     def empathy_logits(self, seeker_states: torch.Tensor, response_states: torch.Tensor,
                        cross_mask: torch.Tensor | None) -> torch.Tensor:
         """Empathy logits from encoded states; only the first response position is attended from."""
         first = response_states[:, :1, :]
-        first = first + self.attn(first, seeker_states, seeker_states, key_mask=cross_mask)
+        first = first + self.dropout(self.attn(first, seeker_states, seeker_states,
+                                               key_mask=cross_mask))
         return self.empathy_classifier(first[:, 0, :])
 
 
