@@ -128,16 +128,23 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
     return out
 
 
-def epitome_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """diff-EPITOME of run_dir/predictions.jsonl (+ per-item levels in epitome_items.jsonl)."""
+def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
+                  checkpoints: Path | None = None) -> dict[str, Any]:
+    """diff-EPITOME of run_dir/predictions.jsonl (+ per-item levels in epitome_items.jsonl), with
+    `checkpoints` (the pipeline's trained ones) or else eval.epitome.checkpoints."""
     run_dir = Path(run_dir)
     if is_done(run_dir, "epitome"):
         return _stored(run_dir, EPITOME_KEYS)
     settings = cfg.eval.epitome
-    if not settings.checkpoints:
+    if checkpoints is None and settings.checkpoints == "train":
+        from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
+
+        checkpoints = trained_dir(cfg) / CHECKPOINTS
+    if checkpoints is None and not settings.checkpoints:
         raise EvalError("eval.epitome.checkpoints is not set: a directory with the published "
-                        "finetuned_ER.pth, finetuned_EX.pth and finetuned_IP.pth")
-    metrics = epitome_file(run_dir / PREDICTIONS, cfg.resolve(settings.checkpoints),
+                        "finetuned_ER.pth, finetuned_EX.pth and finetuned_IP.pth, or 'train' "
+                        "(trained from eval.epitome.train_data, see `empo epitome train`)")
+    metrics = epitome_file(run_dir / PREDICTIONS, checkpoints or cfg.resolve(settings.checkpoints),
                            local_or_name(cfg, settings.encoder),
                            local_or_name(cfg, settings.tokenizer), settings.padding,
                            settings.batch_size, per_item=run_dir / "epitome_items.jsonl")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from empo.pipeline import EVAL_STAGES, Graph, Stage
 
-JOB_KINDS = ("sft", "dpo", "eval", "share", "aggregate")
+JOB_KINDS = ("sft", "dpo", "eval", "share", "aggregate", "epitome_train")
 
 
 def job_kind(stage_kind: str) -> str:

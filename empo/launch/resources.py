@@ -15,7 +15,8 @@ from typing import Any
 from empo.config import ClusterConfig, ExperimentConfig
 
 # job kind -> key of cluster.time (minutes)
-TIME_KEYS = {"sft": "sft", "dpo": "dpo", "eval": "eval", "share": "aggregate", "aggregate": "aggregate"}
+TIME_KEYS = {"sft": "sft", "dpo": "dpo", "eval": "eval", "share": "aggregate", "aggregate": "aggregate",
+             "epitome_train": "eval"}  # the EPITOME classifiers: an eval-sized one-GPU job
 DEFAULT_MINUTES = ClusterConfig().time
 
 
@@ -71,7 +72,7 @@ def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
         gpus = cluster.gpus_per_node
         return Resources(nodes=cluster.nodes, tasks_per_node=max(1, gpus), gpus_per_node=gpus,
                          **common)
-    if kind == "eval":  # one GPU of a node: its share of the node's memory
+    if kind in ("eval", "epitome_train"):  # one GPU of a node: its share of the node's memory
         share = cluster.mem_gb // cluster.gpus_per_node if cluster.gpus_per_node > 1 else cluster.mem_gb
         return Resources(gpus_per_node=min(1, cluster.gpus_per_node),
                          **{**common, "mem_gb": max(1, share)})
