@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 REPORT = "report.json"
 IGNORE = -100  # rationale positions outside the response's attention mask (src/models/models.py)
 # Sharma et al. (2020), Table 2, empathy identification, "Our approach" (percent -> fraction).
-# The repository ships no numbers; these are transcribed from the paper.
+# The repository ships no numbers. Written from the paper's Table 2 without the PDF at hand (no
+# network here): check them against the paper before citing them.
 PAPER_REPORTED = {"ER": {"accuracy": 0.7943, "macro_f1": 0.7446},
                   "IP": {"accuracy": 0.8404, "macro_f1": 0.6260},
                   "EX": {"accuracy": 0.9261, "macro_f1": 0.7258}}
