@@ -38,6 +38,11 @@ class ModelConfig:
     chat_template: None = the tokenizer's own template; else a .jinja path to use instead.
     architecture: a transformers config JSON used by `empo plan` without loading weights
       (default: Mistral-7B's, shipped in the package).
+    add_bos: auto | true | false — BOS before every training and generation sequence, put there by
+      the chat template so training and generation agree; auto = what the tokenizer's own
+      add_special_tokens does (`<s>` for Zephyr/Mistral). Exactly one, never two (paper: silent).
+    quantization: none | nf4 — the frozen base loaded in 4-bit NF4 with bitsandbytes, QLoRA
+      (paper: silent, bf16 training; the authors' code: nf4).
     """
 
     name_or_path: str = "alignment-handbook/zephyr-7b-sft-full"
@@ -45,6 +50,8 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     chat_template: str | None = None
     architecture: str | None = "empo:models/mistral-7b.json"
+    add_bos: bool | str = "auto"
+    quantization: str = "none"
 
 
 @dataclass
@@ -52,14 +59,17 @@ class DataConfig:
     """EmpatheticDialogues and the theory-driven preference pairs.
 
     source: raw ED CSV directory (train/valid/test.csv) or a Hub dataset id in message form.
+    revision: Hub revision (commit, tag or branch) of a Hub source; None = the default branch.
     train_split / eval_split: splits used for training and for generation + metrics.
-    system_prompt: optional system message put before every prompt (paper: none).
+    system_prompt: system message of every stage that does not set its own `system_prompt`
+      (sft, dpo, eval); None or "" = none (paper: silent; the authors' code: see the preset).
     emotion_table: TSV of emotion -> opposite (default: paper Table 2, shipped in the package).
     sampling: balanced (without replacement, cycling the opposite group) | uniform.
     max_eval_examples: evaluate on the first N eval dialogues only (None = all).
     """
 
     source: str = "Estwld/empathetic_dialogues_llm"
+    revision: str | None = None
     train_split: str = "train"
     eval_split: str = "test"
     system_prompt: str | None = None
@@ -78,6 +88,8 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: list(SEVEN_PROJECTIONS))
     bias: str = "none"
     use_rslora: bool = False
+    # modules trained in full and saved with the adapter (e.g. [embed_tokens, lm_head])
+    modules_to_save: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +99,8 @@ class TrainConfig:
     global_batch_size: effective batch; accumulation = global / (per_device × world size) (paper: 64).
     deepspeed: none | zero2 | zero2_offload | zero3 (empo:deepspeed/<name>.json) | a JSON path.
     save_steps: checkpoint every N optimizer steps; a rerun resumes from the last checkpoint.
+    max_grad_norm: gradient clipping norm (paper: silent; transformers' default 1.0).
+    system_prompt: system message of this stage's prompts; None = `data.system_prompt`, "" = none.
     trainer_args: any other trl config field, passed verbatim and checked against trl at stage start.
     """
 
@@ -105,6 +119,8 @@ class TrainConfig:
     save_steps: int = 100
     save_total_limit: int = 2
     deepspeed: str = "zero2"
+    max_grad_norm: float = 1.0
+    system_prompt: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,12 +136,16 @@ class DPOConfig(TrainConfig):
     beta: DPO temperature (paper: 0.025; beta ≫ 0.05 over-fits).
     loss_type: trl loss (sigmoid = DPO; also ipo, hinge, robust, ...).
     reference: adapter_copy (trl's frozen copy of the SFT adapter) | merged (SFT merged into base).
+    length_percentile: drop pairs whose prompt + chosen is longer (in tokens) than this percentile
+      of the longer of the prompt + chosen and prompt + rejected percentiles, and use that length
+      as max_length (None = keep all; paper: silent; the authors' code: 95).
     """
 
     num_train_epochs: int = 3
     beta: float = 0.025
     loss_type: str = "sigmoid"
     reference: str = "adapter_copy"
+    length_percentile: float | None = None
 
 
 @dataclass
@@ -182,9 +202,16 @@ class MMLUConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation of each variant: generation, then the metrics listed in `metrics`."""
+    """Evaluation of each variant: generation, then the metrics listed in `metrics`.
+
+    system_prompt: system message of the generation prompts; None = `data.system_prompt`, "" = none.
+    drop_empty_predictions: score only rows whose prediction is not empty after stripping
+      whitespace (paper: silent; the authors' code: true).
+    """
 
     metrics: list[str] = field(default_factory=lambda: ["epitome", "bertscore", "mmlu"])
+    system_prompt: str | None = None
+    drop_empty_predictions: bool = False
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     epitome: EpitomeConfig = field(default_factory=EpitomeConfig)
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
@@ -268,6 +295,12 @@ class ExperimentConfig:
     def experiment_dir(self) -> Path:
         """results/<name>: the run store of this experiment."""
         return self.resolve(self.results_dir) / self.name
+
+    def system_prompt(self, stage: str) -> str | None:
+        """The system message of `stage` (sft, dpo, eval): its own, else `data.system_prompt`;
+        None when there is none."""
+        own = getattr(self, stage).system_prompt
+        return (self.data.system_prompt if own is None else own) or None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what `config show` prints and runs store)."""
@@ -387,6 +420,10 @@ def _validate(cfg: ExperimentConfig) -> None:
          "must be bfloat16, float16 or float32"),
         (cfg.dpo.reference in ("adapter_copy", "merged"), "dpo.reference", cfg.dpo.reference,
          "must be adapter_copy or merged"),
+        (cfg.model.add_bos in ("auto", True, False), "model.add_bos", cfg.model.add_bos,
+         "must be auto, true or false"),
+        (cfg.model.quantization in ("none", "nf4"), "model.quantization", cfg.model.quantization,
+         "must be none or nf4"),
         (cfg.eval.epitome.padding in ("none", "max_length"), "eval.epitome.padding",
          cfg.eval.epitome.padding, "must be none or max_length"),
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),

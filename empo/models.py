@@ -83,16 +83,62 @@ def has_generation_markers(template: str | None) -> bool:
 
 
 def training_template(chat_template: str | None) -> str:
-    """The chat template used for SFT: one with {% generation %} markers rendering the same text."""
+    """The chat template used for SFT: one with {% generation %} markers rendering the same text
+    (a BOS prefix added by `set_bos` is kept)."""
     if has_generation_markers(chat_template):
         return chat_template  # type: ignore[return-value]
-    if chat_template is not None and chat_template.strip() == ZEPHYR_CHAT_TEMPLATE.strip():
-        return ZEPHYR_TRAINING_TEMPLATE
+    prefix = BOS_PREFIX if (chat_template or "").startswith(BOS_PREFIX) else ""
+    body = (chat_template or "")[len(prefix):]
+    if chat_template is not None and body.strip() == ZEPHYR_CHAT_TEMPLATE.strip():
+        return prefix + ZEPHYR_TRAINING_TEMPLATE
     raise TrainError(
         "the tokenizer's chat template has no {% generation %} markers and is not Zephyr's, so the loss "
         "cannot be restricted to listener turns: set model.chat_template to a .jinja file whose "
         "assistant content + EOS is wrapped in {% generation %}...{% endgeneration %}"
     )
+
+
+# ------------------------------------------------------------------------------------- BOS
+
+# Put in front of a chat template so that every rendering starts with exactly one BOS. trl
+# tokenizes conversations with the chat template and no added special tokens, and generation does
+# the same, so the template is the one place where the BOS comes from.
+BOS_PREFIX = "{{ bos_token }}"
+
+
+def tokenizer_adds_bos(tokenizer: "PreTrainedTokenizerBase") -> bool:
+    """Whether `tokenizer(text)` (its own add_special_tokens default) starts with BOS."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("x")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def template_writes_bos(tokenizer: "PreTrainedTokenizerBase") -> bool:
+    """Whether the chat template itself starts its text with the BOS token."""
+    if not tokenizer.bos_token:
+        return False
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    return text.startswith(tokenizer.bos_token)
+
+
+def set_bos(tokenizer: "PreTrainedTokenizerBase", add_bos: bool | str = "auto") -> bool:
+    """Make the tokenizer's chat template start with exactly one BOS, or none (`model.add_bos`:
+    auto = as `tokenizer_adds_bos`); idempotent. Returns whether renderings start with BOS."""
+    from empo.errors import ConfigError
+
+    want = tokenizer_adds_bos(tokenizer) if add_bos == "auto" else bool(add_bos)
+    if want and tokenizer.bos_token is None:
+        raise ConfigError("model.add_bos: true, but the tokenizer has no BOS token")
+    writes = template_writes_bos(tokenizer)
+    if want and not writes:
+        tokenizer.chat_template = BOS_PREFIX + tokenizer.chat_template
+    elif writes and not want:
+        if not tokenizer.chat_template.startswith(BOS_PREFIX):
+            raise ConfigError("model.add_bos: false, but the chat template writes the BOS token "
+                              "itself; use model.add_bos: auto or a template without it")
+        tokenizer.chat_template = tokenizer.chat_template[len(BOS_PREFIX):]
+    return want
 
 
 # -------------------------------------------------------------------------------- base model
@@ -131,7 +177,8 @@ def _chat_template_override(cfg: "ExperimentConfig") -> str | None:
 
 
 def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "PreTrainedTokenizerBase":
-    """The base tokenizer with the configured chat template and a pad token it already has.
+    """The base tokenizer with the configured chat template (BOS per `model.add_bos`) and a pad
+    token it already has.
 
     No token is ever added (no embedding resize): pad = the tokenizer's pad, else unk, else EOS.
     """
@@ -144,6 +191,7 @@ def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "Pre
         tokenizer.chat_template = override
     if not tokenizer.chat_template:
         raise TrainError(f"{path}: the tokenizer has no chat template; set model.chat_template")
+    set_bos(tokenizer, cfg.model.add_bos)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if tokenizer.eos_token is None:
@@ -151,14 +199,50 @@ def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "Pre
     return tokenizer
 
 
+def quantization_config(quantization: str, dtype: str) -> Any:
+    """transformers' BitsAndBytesConfig for `model.quantization` (None for none): nf4 = 4-bit
+    NF4 weights computing in `dtype` (QLoRA). ConfigError where bitsandbytes or CUDA is missing."""
+    import importlib.util
+
+    from empo.errors import ConfigError
+
+    if quantization in (None, "none"):
+        return None
+    if quantization != "nf4":
+        raise ConfigError(f"model.quantization: {quantization!r} must be none or nf4")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.quantization: nf4 needs the bitsandbytes package "
+                          "(pip install bitsandbytes), which is not installed")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("model.quantization: nf4 needs a CUDA GPU (bitsandbytes 4-bit); none is "
+                          "visible here. `empo plan` and `--dry-run` work without one")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch_dtype(dtype))
+
+
 def load_base_model(cfg: "ExperimentConfig") -> "PreTrainedModel":
-    """The base causal LM in `model.dtype` with the configured attention implementation."""
+    """The base causal LM in `model.dtype` (4-bit NF4 with `model.quantization: nf4`) with the
+    configured attention implementation."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg)
+    extra: dict[str, Any] = {}
+    quantized = quantization_config(cfg.model.quantization, cfg.model.dtype)
+    if quantized is not None:
+        extra.update(quantization_config=quantized, device_map={"": _local_cuda_device()})
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation
+        path, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
+        **extra,
     )
+
+
+def _local_cuda_device() -> int:
+    """This process's GPU (LOCAL_RANK under torchrun/SLURM tasks, else 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def meta_model(config: Any) -> "torch.nn.Module":
@@ -232,7 +316,8 @@ def check_lora_values(cfg: "ExperimentConfig") -> None:
         raise TrainError("lora.target_modules: empty; name at least one module")
 
 
-def check_target_modules(targets: Iterable[str], available: Iterable[str]) -> None:
+def check_target_modules(targets: Iterable[str], available: Iterable[str],
+                         key: str = "lora.target_modules") -> None:
     """Every target must be a module name the model has; the error lists the names it has."""
     available = sorted(set(available))
     for name in targets:
@@ -240,7 +325,7 @@ def check_target_modules(targets: Iterable[str], available: Iterable[str]) -> No
             close = difflib.get_close_matches(name, available, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise TrainError(
-                f"lora.target_modules: the model has no module '{name}'{hint}; "
+                f"{key}: the model has no module '{name}'{hint}; "
                 f"its modules are: {', '.join(available)}"
             )
 
@@ -252,6 +337,7 @@ def lora_config(cfg: "ExperimentConfig", module_names: Iterable[str] | None = No
     check_lora_values(cfg)
     if module_names is not None:
         check_target_modules(cfg.lora.target_modules, module_names)
+        check_target_modules(cfg.lora.modules_to_save, module_names, "lora.modules_to_save")
     return peft.LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.lora_alpha,
@@ -259,6 +345,7 @@ def lora_config(cfg: "ExperimentConfig", module_names: Iterable[str] | None = No
         target_modules=list(cfg.lora.target_modules),
         bias=cfg.lora.bias,
         use_rslora=cfg.lora.use_rslora,
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
 

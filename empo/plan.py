@@ -8,6 +8,9 @@ trained, while with LoRA only the adapter is:
 
   base weights   the frozen base in `model.dtype` (2 bytes/param in bf16), no gradients and no
                  optimizer state: replicated on every GPU for ZeRO-0/1/2, partitioned (/N) for ZeRO-3.
+                 With `model.quantization: nf4` the decoder's Linear weights take 4 bits + one fp32
+                 absmax per 64-value block (0.5625 bytes/param); embeddings, LM head and norms stay
+                 in `model.dtype`.
   LoRA states    DeepSpeed's own estimator applied to the trainable LoRA parameters only:
                  ZeRO-2 `estimate_zero2_model_states_mem_needs` = 2·P (16-bit params) + 18·P/N
                  (16-bit and fp32 grads, fp32 master params, Adam moments; only 2·P with CPU
@@ -15,6 +18,7 @@ trained, while with LoRA only the adapter is:
                  4·largest layer (gathered) + 18·P/N. ZeRO-0/1 (no estimator in DeepSpeed):
                  4·P (16-bit params and grads) + 12·P fp32 master and moments (/N for ZeRO-1).
                  Without DeepSpeed (plain DDP) peft keeps the adapter in fp32: 16·P.
+                 P counts `lora.modules_to_save` too (each a trained full copy of its module).
   DPO reference  `adapter_copy`: trl's frozen `ref` copy of the adapter, P params in the training
                  dtype (partitioned for ZeRO-3); `merged`: nothing extra (the base is the reference).
   activations    per micro-batch of b sequences × max_length s (DPO: 2b, chosen + rejected), per
@@ -162,6 +166,11 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
     models.check_target_modules(cfg.lora.target_modules, models.module_short_names(model))
     base_params = sum(p.numel() for p in model.parameters())
     lora_params = models.lora_trainable_params(model, cfg.lora.target_modules, cfg.lora.r)
+    models.check_target_modules(cfg.lora.modules_to_save, models.module_short_names(model),
+                                "lora.modules_to_save")
+    lora_params += sum(p.numel() for name, m in models.linear_modules(model).items()
+                       if name.rsplit(".", 1)[-1] in cfg.lora.modules_to_save
+                       for p in m.parameters())
     largest_layer = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     in_features: dict[str, int] = {}
     for name, module in models.linear_modules(model).items():
@@ -173,7 +182,13 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
     train_width = 2 if section.bf16 else width
     memory: dict[str, int] = {}
     cpu = 0
-    memory["base weights"] = width * base_params // (n_gpus if zstage == 3 else 1)
+    if cfg.model.quantization == "nf4":
+        quantized = sum(m.weight.numel() for name, m in models.linear_modules(model).items()
+                        if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
+        memory["base weights (nf4)"] = (int(quantized * (0.5 + 4 / 64))
+                                        + width * (base_params - quantized))
+    else:
+        memory["base weights"] = width * base_params // (n_gpus if zstage == 3 else 1)
     if ds is None:  # DDP: peft keeps the adapter in fp32 (params, grads, 2 Adam moments)
         memory["LoRA states"] = 16 * lora_params
         lora_width = 4

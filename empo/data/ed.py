@@ -9,8 +9,11 @@ is `context`, the situation is `prompt`, turn 0 is the speaker ("user") and turn
 The parser itself is `empo.data.raw` (vectorised); this module holds the types and the sources.
 
 Message form (e.g. `Estwld/empathetic_dialogues_llm`): columns conv_id, situation, emotion,
-conversations[{role, content}], read through `datasets` from the Hub or from a local
-.jsonl/.json/.parquet file or directory of such files.
+conversations[{role, content}], read through `datasets` from the Hub (at a pinned `revision` when
+given) or from a local .jsonl/.json/.parquet file or directory of such files. The raw reader's
+cleaning applies here too: a dialogue whose situation or emotion contains `hit:` is dropped (in
+the raw layout every one of its rows would be), and a turn that contains it is dropped and ends
+the dialogue there (in the raw layout it leaves a gap in utterance_idx).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ ED_HEADER = ",".join(ED_COLUMNS)
 MESSAGE_COLUMNS = ("conv_id", "situation", "emotion", "conversations")
 MESSAGE_SUFFIXES = (".jsonl", ".json", ".parquet")
 SPLITS = ("train", "valid", "test")
+HIT = "hit:"  # in a text field: the row swallowed another row's id (a known ED defect)
 _SPLIT_ALIASES = {"valid": ("valid", "validation"), "validation": ("validation", "valid")}
 
 
@@ -85,14 +89,15 @@ def split_names(split: str) -> tuple[str, ...]:
     return _SPLIT_ALIASES.get(split, (split,))
 
 
-def load_dialogues(source: str | Path, split: str) -> LoadResult:
-    """The dialogues of `split` from a raw CSV directory, a message-form file/dir, or a Hub id."""
+def load_dialogues(source: str | Path, split: str, revision: str | None = None) -> LoadResult:
+    """The dialogues of `split` from a raw CSV directory, a message-form file/dir, or a Hub id
+    (at `revision`, `data.revision`; ignored for local sources)."""
     kind, where = resolve_source(source, split)
     if kind == "raw":
         from empo.data.raw import read_raw_csv
 
         return read_raw_csv(Path(where), source=str(source), split=split)
-    return read_message_form(kind, where, source=str(source), split=split)
+    return read_message_form(kind, where, source=str(source), split=split, revision=revision)
 
 
 def resolve_source(source: str | Path, split: str) -> tuple[str, str]:
@@ -136,9 +141,11 @@ def _looks_like_path(text: str) -> bool:
             or text.endswith((".csv", *MESSAGE_SUFFIXES)))
 
 
-def read_message_form(kind: str, where: str, source: str, split: str) -> LoadResult:
-    """Load the message form (Hub id or local file) through `datasets` and convert each row."""
-    table = _load_dataset(kind, where, split)
+def read_message_form(kind: str, where: str, source: str, split: str,
+                      revision: str | None = None) -> LoadResult:
+    """Load the message form (Hub id or local file) through `datasets` and convert each row,
+    cleaned as the raw reader cleans (module docstring)."""
+    table = _load_dataset(kind, where, split, revision)
     missing = [c for c in MESSAGE_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{where}: split '{split}' lacks column(s) {', '.join(missing)} "
@@ -152,8 +159,13 @@ def read_message_form(kind: str, where: str, source: str, split: str) -> LoadRes
         if turns is None or conv_id is None or emotion is None:
             result.malformed += 1
             continue
-        kept = _alternating_prefix(turns)
-        result.dropped_turns += len(turns) - kept
+        if HIT in str(situation or "") or HIT in str(emotion):
+            result.malformed += len(turns)
+            continue
+        hits = [i for i, (_, content) in enumerate(turns) if HIT in content]
+        kept = min([_alternating_prefix(turns), *hits[:1]])
+        result.malformed += len(hits)
+        result.dropped_turns += len(turns) - kept - len(hits)
         result.dialogues.append(Dialogue(str(conv_id), str(emotion).strip(),
                                          unescape(situation or ""),
                                          [unescape(content) for _, content in turns[:kept]]))
@@ -161,7 +173,7 @@ def read_message_form(kind: str, where: str, source: str, split: str) -> LoadRes
     return result
 
 
-def _load_dataset(kind: str, where: str, split: str) -> Any:
+def _load_dataset(kind: str, where: str, split: str, revision: str | None = None) -> Any:
     import datasets  # lazy: only the message form needs it
 
     if kind == "file":
@@ -174,7 +186,7 @@ def _load_dataset(kind: str, where: str, split: str) -> Any:
     first: Exception | None = None
     for name in split_names(split):
         try:
-            return datasets.load_dataset(where, split=name)
+            return datasets.load_dataset(where, split=name, revision=revision)
         except Exception as err:  # noqa: BLE001 - offline, unknown id, unknown split
             first = first or err
     raise DataError(f"cannot load Hub dataset '{where}' split '{split}' "

@@ -197,3 +197,17 @@ def _row_pieces(cols: Columns, system_prompt: str | None) -> tuple[Any, Any, Any
     tails = join('[{"role": "assistant", "content": "', answer, '"}], "rejected_conv_id": "',
                  conv_id, '", "rejected_emotion": "', emotion, '"}\n', "")
     return heads, bodies, tails
+
+
+def length_cutoff(chosen_lengths: Sequence[int], rejected_lengths: Sequence[int],
+                  percentile: float) -> int:
+    """The DPO length cap of `dpo.length_percentile` (the authors' dpo_ps.py): the larger of the
+    `percentile`-th percentiles (numpy's linear interpolation, truncated to an int) of the
+    prompt + chosen and the prompt + rejected token counts. Pairs whose prompt + chosen is longer
+    are dropped (from every epoch: the chosen side does not change between draws)."""
+    import numpy as np
+
+    if not chosen_lengths or not rejected_lengths:
+        raise DataError("no preference pairs to measure")
+    return max(int(np.percentile(chosen_lengths, percentile)),
+               int(np.percentile(rejected_lengths, percentile)))

@@ -1,9 +1,10 @@
 """Batched, resumable response generation for the eval split (transformers backend).
 
 Prompts are rendered with the tokenizer's chat template (+ generation prompt) and tokenized without
-added special tokens, as in training (Zephyr's template emits no BOS). Batches are formed by prompt
-length with left padding; greedy by default; only the new tokens are decoded. Finished rows are
-appended to `<out>.partial` after every batch, so a rerun generates only what is missing.
+added special tokens, as trl does in training; the BOS comes from the template (`models.set_bos`).
+Batches are formed by prompt length with left padding; greedy by default; only the new tokens are
+decoded. Finished rows are appended to `<out>.partial` after every batch, so a rerun generates
+only what is missing.
 """
 from __future__ import annotations
 
@@ -134,10 +135,14 @@ def check_adapter(base: str, adapter: Path) -> None:
 
 def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
                    attn_implementation: str | None = None, chat_template: str | None = None,
-                   device: str | None = None):
-    """(model, tokenizer): the base causal LM + optional peft adapter; tokenizer pads left."""
+                   device: str | None = None, add_bos: bool | str = "auto",
+                   quantization: str = "none"):
+    """(model, tokenizer): the base causal LM + optional peft adapter; tokenizer pads left, its
+    template starts with a BOS as in training (`model.add_bos`); `quantization` as in training."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from empo.models import quantization_config, set_bos
 
     if dtype not in DTYPES:
         raise EvalError(f"dtype '{dtype}': allowed {', '.join(DTYPES)}")
@@ -148,6 +153,9 @@ def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
         kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        quantized = quantization_config(quantization, "bfloat16" if dtype == "auto" else dtype)
+        if quantized is not None:
+            kwargs.update(quantization_config=quantized, device_map={"": 0})
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as err:
         raise EvalError(f"cannot load base model '{base}' ({err})") from None
@@ -159,6 +167,7 @@ def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
                             f"({err.strerror})") from None
     if not tokenizer.chat_template:
         raise EvalError(f"tokenizer of '{base}' has no chat template; set model.chat_template")
+    set_bos(tokenizer, add_bos)
     if adapter is not None:
         from peft import PeftModel
 
@@ -167,6 +176,8 @@ def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
         except (RuntimeError, ValueError, KeyError) as err:
             raise EvalError(f"adapter {adapter} does not match base model "
                             f"'{base}' ({err})") from None
+    if quantization not in (None, "none"):  # placed by device_map; 4-bit weights cannot move
+        return model.eval(), tokenizer
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 

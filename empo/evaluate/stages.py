@@ -26,13 +26,20 @@ METRICS = "metrics.json"
 # ----------------------------------------------------------------------------- file runners
 
 
+def scored_rows(rows: list[dict[str, Any]], drop_empty: bool) -> list[dict[str, Any]]:
+    """The prediction rows to score: all, or (`eval.drop_empty_predictions`) those whose
+    prediction is not empty after stripping whitespace."""
+    return [r for r in rows if str(r["prediction"]).strip()] if drop_empty else rows
+
+
 def epitome_file(predictions: Path, checkpoints: Path, encoder: str = "roberta-base",
                  tokenizer: str | None = None, padding: str = "none", batch_size: int = 32,
-                 per_item: Path | None = None) -> dict[str, Any]:
+                 per_item: Path | None = None, drop_empty: bool = False) -> dict[str, Any]:
     """diff-EPITOME of a predictions file; per-item levels written to `per_item` when given."""
     from empo.evaluate.epitome import diff_epitome, load_scorer
 
-    rows = read_jsonl(predictions, ("seeker", "prediction", "reference"), what="predictions")
+    rows = scored_rows(read_jsonl(predictions, ("seeker", "prediction", "reference"),
+                                  what="predictions"), drop_empty)
     scorer = load_scorer(checkpoints, encoder, tokenizer, padding=padding, batch_size=batch_size,
                          progress=True)
     levels = scorer.score([r["seeker"] for r in rows], [r["prediction"] for r in rows],
@@ -50,11 +57,13 @@ def epitome_file(predictions: Path, checkpoints: Path, encoder: str = "roberta-b
 
 
 def bertscore_file(predictions: Path, model: str = "roberta-large", num_layers: int | None = None,
-                   batch_size: int = 64, rescale_with_baseline: bool = False) -> dict[str, float]:
+                   batch_size: int = 64, rescale_with_baseline: bool = False,
+                   drop_empty: bool = False) -> dict[str, float]:
     """BERTScore (fbert, precision, recall) of a predictions file."""
     from empo.evaluate.bertscore import bertscore
 
-    rows = read_jsonl(predictions, ("prediction", "reference"), what="predictions")
+    rows = scored_rows(read_jsonl(predictions, ("prediction", "reference"), what="predictions"),
+                       drop_empty)
     return bertscore([r["prediction"] for r in rows], [r["reference"] for r in rows], model,
                      num_layers, batch_size, rescale_with_baseline)
 
@@ -73,14 +82,15 @@ def eval_examples(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     from empo.data.chat import eligible, eval_example
     from empo.data.ed import load_dialogues
 
-    result = load_dialogues(local_or_name(cfg, cfg.data.source), cfg.data.eval_split)
+    result = load_dialogues(local_or_name(cfg, cfg.data.source), cfg.data.eval_split,
+                            cfg.data.revision)
     dialogues = eligible(result.dialogues)
     if cfg.data.max_eval_examples is not None:
         dialogues = dialogues[: cfg.data.max_eval_examples]
     if not dialogues:
         raise EvalError(f"data.source {cfg.data.source}: split '{cfg.data.eval_split}' has no "
                         f"dialogue to evaluate")
-    return [eval_example(d, cfg.data.system_prompt) for d in dialogues]
+    return [eval_example(d, cfg.system_prompt("eval")) for d in dialogues]
 
 
 def _stored(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -117,12 +127,15 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
     base = local_or_name(cfg, cfg.model.name_or_path)
     template = str(cfg.resolve(cfg.model.chat_template)) if cfg.model.chat_template else None
     model, tokenizer = load_generator(base, adapter, cfg.model.dtype,
-                                      cfg.model.attn_implementation, template)
+                                      cfg.model.attn_implementation, template,
+                                      add_bos=cfg.model.add_bos,
+                                      quantization=cfg.model.quantization)
     from transformers import set_seed
 
     set_seed(seed)
     signature = {"base": base, "adapter": str(adapter) if adapter else None,
-                 "chat_template": template, "seed": seed}
+                 "chat_template": template, "seed": seed, "add_bos": cfg.model.add_bos,
+                 "quantization": cfg.model.quantization}
     generate_predictions(examples, out, model, tokenizer, settings, signature=signature)
     mark_done(run_dir, "generate")
     return out
@@ -147,7 +160,8 @@ def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
     metrics = epitome_file(run_dir / PREDICTIONS, checkpoints or cfg.resolve(settings.checkpoints),
                            local_or_name(cfg, settings.encoder),
                            local_or_name(cfg, settings.tokenizer), settings.padding,
-                           settings.batch_size, per_item=run_dir / "epitome_items.jsonl")
+                           settings.batch_size, per_item=run_dir / "epitome_items.jsonl",
+                           drop_empty=cfg.eval.drop_empty_predictions)
     return _finish(run_dir, "epitome", metrics)
 
 
@@ -159,7 +173,8 @@ def bertscore_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     settings = cfg.eval.bertscore
     metrics = bertscore_file(run_dir / PREDICTIONS, local_or_name(cfg, settings.model),
                              settings.num_layers, settings.batch_size,
-                             settings.rescale_with_baseline)
+                             settings.rescale_with_baseline,
+                             drop_empty=cfg.eval.drop_empty_predictions)
     return _finish(run_dir, "bertscore", metrics)
 
 

@@ -167,6 +167,7 @@ def trainer_kwargs(
         warmup_steps=section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         optim=section.optim,
         weight_decay=section.weight_decay,
+        max_grad_norm=section.max_grad_norm,
         max_length=section.max_length,
         bf16=section.bf16,
         gradient_checkpointing=section.gradient_checkpointing,

@@ -77,24 +77,53 @@ def draw_selector(draws: EpochDraws) -> Any:
     return SelectDraw()
 
 
-def preference_dataset(cfg: "ExperimentConfig", seed: int) -> "Dataset":
-    """All draws of preference pairs for `seed` (rows of draw k have epoch == k)."""
+def preference_dataset(cfg: "ExperimentConfig", seed: int,
+                       tokenizer: Any = None) -> tuple["Dataset", int | None]:
+    """All draws of preference pairs for `seed` (rows of draw k have epoch == k), and the length
+    cap of `dpo.length_percentile` (None when unset; then `tokenizer` is not needed)."""
     from datasets import Dataset
 
     from empo.data.ed import load_dialogues
     from empo.data.emotions import load_table
     from empo.data.preference import preference_pairs
 
-    loaded = load_dialogues(data_source(cfg), cfg.data.train_split)
+    loaded = load_dialogues(data_source(cfg), cfg.data.train_split, cfg.data.revision)
     table = load_table(cfg.resolve(cfg.data.emotion_table))
     rows = preference_pairs(
         loaded.dialogues, table, epochs=cfg.dpo.num_train_epochs, seed=seed,
-        sampling=cfg.data.sampling, system_prompt=cfg.data.system_prompt,
+        sampling=cfg.data.sampling, system_prompt=cfg.system_prompt("dpo"),
         where=f"{cfg.data.source} ({cfg.data.train_split})",
     )
     if not rows:
         raise TrainError(f"data.source {cfg.data.source}: no preference pairs in {cfg.data.train_split!r}")
-    return Dataset.from_list(rows)
+    cutoff = None
+    if cfg.dpo.length_percentile is not None:
+        rows, cutoff = drop_long_pairs(rows, tokenizer, cfg.dpo.length_percentile)
+        if not rows:
+            raise TrainError(f"dpo.length_percentile {cfg.dpo.length_percentile} left no pairs")
+    return Dataset.from_list(rows), cutoff
+
+
+def drop_long_pairs(rows: list[dict[str, Any]], tokenizer: Any,
+                    percentile: float) -> tuple[list[dict[str, Any]], int]:
+    """Rows of the dialogues whose prompt + chosen fits `length_cutoff`, and that cutoff; token
+    counts are the chat template's rendering tokenized as trl does (no added special tokens)."""
+    from empo.data.preference import length_cutoff
+
+    def count(messages: list[dict[str, str]]) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    chosen = {}
+    for row in rows:
+        if row["conv_id"] not in chosen:
+            chosen[row["conv_id"]] = count(row["prompt"] + row["chosen"])
+    rejected = [count(row["prompt"] + row["rejected"]) for row in rows]
+    cutoff = length_cutoff([chosen[row["conv_id"]] for row in rows], rejected, percentile)
+    kept = [row for row in rows if chosen[row["conv_id"]] <= cutoff]
+    log.info("dpo.length_percentile %s: cap %d tokens, %d of %d pairs kept", percentile, cutoff,
+             len(kept), len(rows))
+    return kept, cutoff
 
 
 def build_dpo_trainer(
@@ -117,11 +146,17 @@ def build_dpo_trainer(
     if stage3 and cfg.dpo.reference == "merged":
         raise TrainError("dpo.reference=merged needs the whole base to merge the SFT adapter into, which "
                          "ZeRO-3 partitions: use dpo.reference=adapter_copy or dpo.deepspeed=zero2")
+    if cfg.dpo.reference == "merged" and cfg.model.quantization != "none":
+        raise TrainError("dpo.reference=merged merges the SFT adapter into the base, which "
+                         f"model.quantization={cfg.model.quantization} keeps in 4 bits: use "
+                         "dpo.reference=adapter_copy")
     peft_config = None
     if cfg.dpo.reference == "merged":
         peft_config = models.lora_config(cfg, models.model_module_names(cfg))
-    dataset = preference_dataset(cfg, seed)
     tokenizer = models.load_tokenizer(cfg, padding_side="left")
+    dataset, cutoff = preference_dataset(cfg, seed, tokenizer)
+    if cutoff is not None:  # the authors' cap, rounded up to even as in their dpo_ps.py
+        kwargs["max_length"] = min(kwargs["max_length"], (cutoff + 1) // 2 * 2)
     args = common.make_trainer_config(DPOConfig, kwargs, "dpo")
 
     base = models.load_base_model(cfg)

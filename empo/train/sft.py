@@ -3,8 +3,8 @@
 Lifecycle: DONE? -> check inputs (model path, LoRA, DeepSpeed, batch arithmetic, trl args, data)
 -> load tokenizer + base -> trl SFTTrainer with the peft LoRA config -> train (resuming from the
 last checkpoint) -> adapter/, train_log.jsonl, DONE. The tokenizer gets Zephyr's training template
-(same text, {% generation %} markers) so `assistant_only_loss` masks everything but the assistant
-contents + EOS; no token is added and the embeddings are never resized.
+(same text, {% generation %} markers, the BOS of `model.add_bos`) so `assistant_only_loss` masks
+everything but the assistant contents + EOS; no token is added and the embeddings are never resized.
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def sft_dataset(cfg: "ExperimentConfig") -> "Dataset":
     from empo.data.chat import has_target, sft_example
     from empo.data.ed import load_dialogues
 
-    loaded = load_dialogues(data_source(cfg), cfg.data.train_split)
-    rows = [sft_example(d, cfg.data.system_prompt) for d in loaded.dialogues if has_target(d)]
+    loaded = load_dialogues(data_source(cfg), cfg.data.train_split, cfg.data.revision)
+    system_prompt = cfg.system_prompt("sft")
+    rows = [sft_example(d, system_prompt) for d in loaded.dialogues if has_target(d)]
     if not rows:
         raise TrainError(f"data.source {cfg.data.source}: split {cfg.data.train_split!r} has no dialogue "
                          "with a listener turn")

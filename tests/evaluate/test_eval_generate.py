@@ -16,16 +16,17 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_prompt_is_the_chat_template_with_generation_prompt_and_no_bos(tiny_lm, eval_examples):
+def test_prompt_is_the_chat_template_with_generation_prompt_and_one_bos(tiny_lm, eval_examples):
     model, tokenizer = tiny_lm
     ids = prompt_ids(tokenizer, eval_examples[0]["prompt"])
     rendered = tokenizer.apply_chat_template(eval_examples[0]["prompt"], tokenize=False,
                                              add_generation_prompt=True)
     assert tokenizer.decode(ids) == rendered
     assert rendered.rstrip().endswith("<|assistant|>")
-    assert ids[0] != tokenizer.bos_token_id  # Zephyr's template emits no BOS
+    # model.add_bos: auto -> the tokenizer's own add_special_tokens puts <s> first: exactly one
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
     with_system = prompt_ids(tokenizer, eval_examples[0]["prompt"], system_prompt="Be kind.")
-    assert tokenizer.decode(with_system).startswith("<|system|>\nBe kind.</s>")
+    assert tokenizer.decode(with_system).startswith("<s><|system|>\nBe kind.</s>")
 
 
 def test_tokenizer_pads_left(tiny_lm):

@@ -52,7 +52,7 @@ def test_epoch_k_trains_on_draw_k(dpo_run):
     from empo.train.dpo import preference_dataset
 
     _, recorder, cfg = dpo_run
-    rows = preference_dataset(cfg, seed=1)
+    rows, _ = preference_dataset(cfg, seed=1)
     draws = {k: Counter((r["chosen"][0]["content"].strip(), r["rejected"][0]["content"].strip())
                         for r in rows if r["epoch"] == k) for k in range(3)}
     assert len({frozenset(d.items()) for d in draws.values()}) == 3  # the draws differ, so the test can tell

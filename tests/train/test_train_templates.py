@@ -70,9 +70,9 @@ def test_sft_trains_exactly_the_assistant_contents_plus_eos(make_cfg):
                 expected += tok(message["content"], add_special_tokens=False)["input_ids"]
                 expected.append(tok.eos_token_id)
         assert trained == expected, example["conv_id"]
-    # the text the model trains on is the stock template's rendering, without a BOS
+    # the text the model trains on is the stock template's rendering after one BOS (add_bos: auto)
     first = raw[0]["messages"]
     stock = tok.apply_chat_template(first, tokenize=False, chat_template=models.ZEPHYR_CHAT_TEMPLATE)
-    assert tok.decode(prepared[0]["input_ids"]) == stock
-    assert prepared[0]["input_ids"][0] != tok.bos_token_id
+    assert tok.decode(prepared[0]["input_ids"]) == tok.bos_token + stock
+    assert prepared[0]["input_ids"].count(tok.bos_token_id) == 1
     assert tok.pad_token == "<pad>"  # an existing token
