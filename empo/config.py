@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from empo.errors import ConfigError
+from empo.stages import METRIC_STAGES
 from empo.validate import (SBATCH_OPTION, check_name, check_range, check_text, load_yaml,
                            read_text)
 
@@ -237,6 +238,11 @@ class ClusterConfig:
     mail_user / mail_type: sbatch --mail-user / --mail-type (e.g. END,FAIL) for every job.
     slurm_extra: any other sbatch option for every job, long name without dashes -> value
       (`{constraint: a100, exclusive: true}`); given last, so it wins over the fields above.
+    offline: jobs run with the Hub offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE,
+      TRANSFORMERS_OFFLINE) and read Hub assets from `hf_home` only (stage them with `empo fetch`);
+      None (default): offline when `executor` is slurm (compute nodes rarely have internet).
+    hf_home: the Hugging Face cache jobs read (HF_HOME; bound into the container when offline);
+      None: the submitting environment's HF_HOME, else ~/.cache/huggingface.
     """
 
     executor: str = "local"
@@ -258,6 +264,8 @@ class ClusterConfig:
     )
     max_requeues: int = 3
     slurm_extra: dict[str, Any] = field(default_factory=dict)
+    offline: bool | None = None
+    hf_home: str | None = None
     container: ContainerConfig = field(default_factory=ContainerConfig)
 
 
@@ -429,8 +437,8 @@ def _validate(cfg: ExperimentConfig) -> None:
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),
          "eval.epitome.train_data", cfg.eval.epitome.train_data,
          "must name the EPITOME annotation directory when eval.epitome.checkpoints is 'train'"),
-        (set(cfg.eval.metrics) <= {"epitome", "bertscore", "mmlu"}, "eval.metrics",
-         cfg.eval.metrics, "allowed: epitome, bertscore, mmlu"),
+        (set(cfg.eval.metrics) <= set(METRIC_STAGES), "eval.metrics",
+         cfg.eval.metrics, f"allowed: {', '.join(METRIC_STAGES)}"),
         (set(cfg.sweep.variants) <= {"sft", "sft_dpo"}, "sweep.variants", cfg.sweep.variants,
          "allowed: sft, sft_dpo"),
         (cfg.cluster.executor in ("local", "debug", "slurm"), "cluster.executor",

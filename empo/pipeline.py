@@ -2,14 +2,19 @@
 
 Per seed: baseline eval; sft -> sft eval; sft -> dpo -> dpo eval; then one aggregate over all
 runs. An eval is generate -> (epitome, bertscore) plus mmlu, keeping only `cfg.eval.metrics`.
-Each stage is a plain call of its stage function (`empo.train`, `empo.evaluate`, `empo.results`),
-done when its DONE marker exists (`empo.results.store`): re-running skips finished stages and
-never overwrites them. With greedy decoding the baseline is the same for every seed, so it is
-evaluated once (the first seed) and shared into the other seeds' run directories.
-Where stages run is `empo.launch`'s business; this module imports no torch and no launcher.
+What each kind of stage does, writes and depends on is declared once, in `empo.stages`.
+
+Identity is per stage: a stage's fingerprint hashes the config fields its output depends on (models
+and data by content, `empo.fingerprint`) and the fingerprints of the stages it reads. It is
+recorded in the run directory's `stage.json`. A stage is done when its marker exists, its outputs
+parse and its recorded fingerprint is the current one; a stage whose fingerprint changed re-runs
+after its outputs are moved aside under the old fingerprint (never deleted). With greedy decoding
+the baseline is the same for every seed, so it is evaluated once (the first seed) and shared
+into the other seeds' run directories. This module imports no torch and no launcher.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,25 +28,18 @@ from submitit.helpers import Checkpointable
 
 from empo.config import ExperimentConfig
 from empo.errors import EmpoError, LaunchError
-from empo.results.store import (adapter_problem, atomic_write_json, atomic_write_text, is_done,
-                                json_object_problem, jsonl_problem, marker, move_aside, run_dir,
-                                stage_lock)
+from empo.fingerprint import fingerprint, identity_fields
+from empo.results.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
+                                merge_json, move_aside, run_dir, stage_lock)
+from empo.stages import EVALUATION, REGISTRY, TRAINING, output_problem, stage_kind
 
 log = logging.getLogger(__name__)
 
-TRAINING_STAGES = ("sft", "dpo")
-EVAL_STAGES = ("generate", "epitome", "bertscore", "mmlu")
-STAGE_KINDS = TRAINING_STAGES + EVAL_STAGES + ("share", "aggregate", "epitome_train")
-# eval.epitome.checkpoints: train -> one `epitome_train` stage (a GPU job) before every epitome.
-EPITOME_TRAIN = "epitome_train"
-# Stages that resume from their own files after a preemption (submitit Checkpointable jobs).
-CHECKPOINTABLE = ("sft", "dpo", "generate")
+EPITOME_TRAIN = "epitome_train"  # eval.epitome.checkpoints: train -> one such stage per experiment
+STAGE_RECORD = "stage.json"      # per run directory: stage kind -> fingerprint and its fields
 # Override prefixes that do not change what SFT computes: a DPO sweep point trains on the SFT run
 # of its other overrides only (a beta sweep shares one SFT run per seed).
 NOT_SFT_KEYS = ("dpo.", "eval.", "cluster.")
-SHARED_FILE = "shared_from.json"
-# What a baseline share copies (those present): the eval outputs of a run directory.
-SHARED_OUTPUTS = ("predictions.jsonl", "metrics.json", "epitome_items.jsonl", "mmlu_results.json")
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Variant:
 class Stage:
     """One call of a stage function on one run directory (or the experiment, for aggregate)."""
 
-    kind: str                                   # one of STAGE_KINDS
+    kind: str                                   # a key of empo.stages.REGISTRY
     variant: str | None                         # None for aggregate
     seed: int | None                            # None for aggregate
     directory: Path                             # run dir (experiment dir for aggregate)
@@ -68,6 +66,9 @@ class Stage:
     source: Path | None = None                  # share: the run dir whose eval is copied
     shares: tuple[str, ...] = ()                # share: the eval stages copied
     runs: tuple[str, ...] = ()                  # aggregate: the runs it summarizes
+    fingerprint: str = field(default="", compare=False)   # set by build_graph
+    fields: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    upstream: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -76,41 +77,110 @@ class Stage:
 
     def markers(self) -> list[Path]:
         """The files whose presence says this stage is finished."""
-        if self.kind in TRAINING_STAGES:
+        if self.kind in TRAINING:
             return [marker(self.directory)]
         if self.kind == "share":
             return [marker(self.directory, kind) for kind in self.shares]
         return [marker(self.directory, self.kind)]
 
+    def record(self) -> dict[str, Any] | None:
+        """What `stage.json` says of this stage (None: nothing recorded, e.g. an older run)."""
+        path = self.directory / STAGE_RECORD
+        try:
+            if json_object_problem(path) is not None:
+                return None
+            return json.loads(path.read_text()).get(self.kind)
+        except OSError:  # not a directory (yet): nothing recorded
+            return None
+
+    def superseded(self) -> dict[str, Any] | None:
+        """The record of an earlier run of this stage under another fingerprint, if any."""
+        record = self.record()
+        if record and self.fingerprint and record.get("fingerprint") != self.fingerprint:
+            return record
+        return None
+
     def is_done(self) -> bool:
-        """Marker present and outputs valid (a corrupted output is not a finished result)."""
+        """Marker present, outputs valid and fingerprint current (a corrupted or superseded
+        output is not a finished result of this config)."""
+        if not all(path.exists() for path in self.markers()) or self.superseded():
+            return False
         if self.kind == "aggregate":
-            path = marker(self.directory, "aggregate")
-            return (path.exists() and (self.directory / "table.csv").exists()
-                    and path.read_text() == _runs_text(self.directory, self.runs))
-        return all(path.exists() for path in self.markers()) and self.output_problem() is None
+            return (self.directory / "table.csv").exists() and \
+                marker(self.directory, "aggregate").read_text() == _runs_text(self.directory, self.runs)
+        return self.output_problem() is None
 
     def output_problem(self) -> tuple[Path, str] | None:
-        """(output, why) when this stage's outputs are not usable, see `output_problem`."""
-        kinds = self.shares if self.kind == "share" else (self.kind,)
-        for kind in kinds:
+        """(output, why) when this stage's outputs are not usable, see `stages.output_problem`."""
+        for kind in (self.shares if self.kind == "share" else (self.kind,)):
             problem = output_problem(kind, self.directory)
             if problem:
                 return problem
         return None
 
+    def changed_fields(self) -> list[str]:
+        """The fields (or upstream stages) whose change makes this stage's record stale."""
+        record = self.superseded() or {}
+        old = record.get("fields", {})
+        keys = sorted(k for k in set(old) | set(self.fields) if old.get(k) != self.fields.get(k))
+        deps, now = record.get("deps", {}), dict(self.upstream)
+        stale = [f"{d} (re-run)" for d in sorted(set(deps) | set(now)) if deps.get(d) != now.get(d)]
+        return keys + stale or ["(unknown: recorded by another version)"]
+
     def run(self) -> Any:
-        """Call the stage function under the stage's lock (one process per stage at a time);
-        outputs of a previous run that no longer parse are moved aside first, never deleted."""
+        """Call the stage function under the stage's lock (one process per stage at a time).
+        Outputs of an earlier run under another fingerprint, or that no longer parse, are moved
+        aside first, never deleted; the fingerprint is recorded when the stage starts and ends."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if int(os.environ.get("RANK", "0")) != 0:  # ranks > 0 of a training job: rank 0 locks
-            return self._run()
+            return self._call()
         with stage_lock(self.directory, self.kind, self.key):
             if self.is_done():  # finished by another process while this one waited in the queue
                 log.info("stage %s: done already", self.key)
                 return None
+            self._set_aside_superseded()
             self._set_aside_invalid()
-            return self._run()
+            self.write_record("running")
+            result = self._call()
+            if self.kind == "aggregate":
+                atomic_write_text(marker(self.directory, "aggregate"),
+                                  _runs_text(self.directory, self.runs))
+            self.write_record("done")
+            return result
+
+    def _call(self) -> Any:
+        log.info("stage %s: start (%s)", self.key, self.directory)
+        return stage_kind(self.kind).run(self)
+
+    def write_record(self, state: str) -> None:
+        if not self.fingerprint:
+            return
+        merge_json(self.directory / STAGE_RECORD, {self.kind: {
+            "fingerprint": self.fingerprint, "state": state, "fields": self.fields,
+            "deps": dict(self.upstream)}})
+
+    def _set_aside_superseded(self) -> None:
+        """Move this stage's outputs of an earlier fingerprint to `<name>.<old fingerprint>`."""
+        record = self.superseded()
+        if record is None:
+            return
+        old = str(record.get("fingerprint", "old"))
+        moved = []
+        for name in stage_kind(self.kind).outputs + tuple(p.name for p in self.markers()):
+            path = self.directory / name
+            if path.exists():
+                moved.append(str(move_aside(path, f"superseded by {self.fingerprint}", old)))
+        entry = stage_kind(self.kind)
+        metrics_path = self.directory / "metrics.json"
+        if entry.metrics and metrics_path.exists() and json_object_problem(metrics_path) is None:
+            kept = metrics_path.with_name(f"metrics.json.{self.kind}.{old}")
+            shutil.copyfile(metrics_path, kept)
+            metrics = json.loads(metrics_path.read_text())
+            atomic_write_json(metrics_path, {k: v for k, v in metrics.items()
+                                             if k not in entry.metrics})
+            moved.append(str(kept))
+        log.warning("stage %s: config changed (%s); earlier outputs kept as %s", self.key,
+                    ", ".join(self.changed_fields()[:8]), ", ".join(moved) or "nothing")
 
     def _set_aside_invalid(self) -> None:
         if self.kind == "aggregate" or not all(p.exists() for p in self.markers()):
@@ -119,61 +189,15 @@ class Stage:
         if found is None:
             return
         path, problem = found
-        moved = move_aside(path, problem)
+        kinds = self.shares if self.kind == "share" else (self.kind,)
+        # a file that does not parse is kept aside; one that parses but lacks this stage's keys
+        # (metrics.json is shared by the metric stages) is completed in place
+        unreadable = any(output_problem(kind, self.directory, with_keys=False) for kind in kinds)
+        moved = move_aside(path, problem) if unreadable else None
         for done in self.markers():
             move_aside(done, problem)
         log.warning("stage %s: %s; redoing it%s", self.key, problem,
                     f" (the invalid output is kept as {moved})" if moved else "")
-
-    def _run(self) -> Any:
-        cfg, seed, where = self.config, self.seed, self.directory
-        log.info("stage %s: start (%s)", self.key, where)
-        if self.kind == "sft":
-            from empo.train.sft import train_sft
-            return train_sft(cfg, seed, where)
-        if self.kind == "dpo":
-            from empo.train.dpo import train_dpo
-            return train_dpo(cfg, seed, where, self.adapter)
-        if self.kind == "generate":
-            from empo.evaluate.stages import generate_stage
-            return generate_stage(cfg, seed, where, self.adapter)
-        if self.kind == "epitome":
-            from empo.evaluate.stages import epitome_stage
-            return epitome_stage(cfg, where, checkpoints=self.source)
-        if self.kind == EPITOME_TRAIN:
-            from empo.evaluate.epitome_train import epitome_train_stage
-            return epitome_train_stage(cfg, where)
-        if self.kind == "bertscore":
-            from empo.evaluate.stages import bertscore_stage
-            return bertscore_stage(cfg, where)
-        if self.kind == "mmlu":
-            from empo.evaluate.stages import mmlu_stage
-            return mmlu_stage(cfg, where, self.adapter)
-        if self.kind == "share":
-            return share_run(self.source, where, self.shares)
-        if self.kind == "aggregate":
-            from empo.results.aggregate import aggregate
-            table = aggregate(where, cfg)
-            atomic_write_text(marker(where, "aggregate"), _runs_text(where, self.runs))
-            return table
-        raise LaunchError(f"unknown stage kind {self.kind!r}; allowed: {', '.join(STAGE_KINDS)}")
-
-
-def output_problem(kind: str, directory: Path) -> tuple[Path, str] | None:
-    """(output, why) when what a stage of `kind` wrote in `directory` is not usable, else None."""
-    if kind in TRAINING_STAGES:
-        path, problem = directory / "adapter", adapter_problem(directory / "adapter")
-    elif kind == "generate":
-        path = directory / "predictions.jsonl"
-        problem = jsonl_problem(path, "prediction")
-    elif kind in ("epitome", "bertscore", "mmlu"):
-        from empo.results.aggregate import STAGE_METRICS
-
-        path = directory / "metrics.json"
-        problem = json_object_problem(path, STAGE_METRICS[kind])
-    else:
-        return None
-    return (path, problem) if problem else None
 
 
 def _runs_text(experiment_dir: Path, runs: tuple[str, ...]) -> str:
@@ -342,7 +366,22 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
     if evals:
         ordered.append(Stage("aggregate", None, None, exp, cfg, tuple(s.key for s in evals),
                              runs=tuple(runs)))
-    return Graph(exp, {stage.key: stage for stage in ordered}, all_variants)
+    return Graph(exp, with_fingerprints(ordered), all_variants)
+
+
+def with_fingerprints(ordered: list[Stage]) -> dict[str, Stage]:
+    """The stages (dependencies first) with their fingerprints: the fields their kind depends on,
+    models and data by content, and the fingerprints of the stages they read."""
+    out: dict[str, Stage] = {}
+    memo: dict[str, str] = {}
+    for stage in ordered:
+        entry = REGISTRY[stage.kind]
+        fields = identity_fields(stage.config, entry.depends_on, entry.ignores, memo)
+        upstream = tuple((dep, out[dep].fingerprint) for dep in stage.deps)
+        out[stage.key] = dataclasses.replace(
+            stage, fingerprint=fingerprint(stage.kind, fields, dict(upstream)), fields=fields,
+            upstream=upstream)
+    return out
 
 
 # ----------------------------------------------------------------------------- running stages
@@ -382,7 +421,7 @@ class StageCall:
         if not logging.getLogger().handlers:  # a job process: stage logs go to the job's stderr
             logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if any(stage.kind in TRAINING_STAGES for stage in self.stages):
+        if any(stage.kind in TRAINING for stage in self.stages):
             export_distributed_env()
         outcome: dict[str, str] = {}
         errors: dict[str, Exception] = {}
@@ -422,30 +461,6 @@ class CheckpointableStageCall(StageCall, Checkpointable):
 
 def stage_call(stages: list[Stage] | tuple[Stage, ...]) -> StageCall:
     """The job body for `stages`: checkpointable when one of them resumes from its own files."""
-    if any(stage.kind in CHECKPOINTABLE for stage in stages):
+    if any(REGISTRY[stage.kind].checkpointable for stage in stages):
         return CheckpointableStageCall(stages)
     return StageCall(stages)
-
-
-def share_run(source: Path, target: Path, kinds: tuple[str, ...]) -> Path:
-    """Record the first seed's baseline eval for another seed: copy predictions and metrics, note
-    where they come from, then write the markers (last, so a half copy is redone)."""
-    missing = [kind for kind in kinds if not is_done(source, kind)]
-    if missing:
-        raise LaunchError(f"{source}: cannot share the baseline eval, stages not done: "
-                          f"{', '.join(missing)}")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_OUTPUTS:
-        if (source / name).exists():
-            shutil.copyfile(source / name, target / f".{name}.share")
-            os.replace(target / f".{name}.share", target / name)
-    atomic_write_json(target / SHARED_FILE, {
-        "shared_from": source.name,
-        "reason": "greedy decoding (eval.generation.do_sample: false) gives the same baseline for "
-                  "every seed; it was evaluated once and recorded for each seed (SD 0)",
-        "stages": list(kinds),
-    })
-    for kind in kinds:
-        if not is_done(target, kind):
-            atomic_write_text(marker(target, kind), "")
-    return target

@@ -23,7 +23,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 NAME_RULE = ("1-100 characters from A-Z a-z 0-9 . _ + -, starting with a letter or digit")
 SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]{0,63}")
 # Free text may hold newlines and tabs: it never reaches a shell script or a file name.
-FREE_TEXT_KEYS = ("data.system_prompt",)
+FREE_TEXT_KEYS = ("data.system_prompt", "sft.system_prompt", "dpo.system_prompt",
+                  "eval.system_prompt")
 SEED_LIMIT = 2**32                # numpy/torch seeds: 0 <= seed < 2^32
 
 
@@ -160,7 +161,7 @@ RANGES: dict[str, Range] = {
     "ClusterConfig.gpus_per_node": Range(0, 64),
     "ClusterConfig.cpus_per_task": Range(1, 1024),
     "ClusterConfig.mem_gb": Range(0, 1 << 20),
-    "ClusterConfig.gpu_memory_gb": Range(0, 100_000, open_lo=True),
+    "ClusterConfig.gpu_memory_gb": Range(0, 100_000),  # 0: no GPU (configs/cluster/local.yaml)
     "ClusterConfig.time": Range(1, 366 * 24 * 60),
     "ClusterConfig.max_requeues": Range(0, 1000),
 }

@@ -76,9 +76,9 @@ def _check_out(path: Path, args: argparse.Namespace) -> None:
 
 
 def _report(out: Path, metrics: dict) -> None:
-    from empo.results.store import merge_metrics
+    from empo.results.store import merge_json
 
-    merge_metrics(out, metrics)
+    merge_json(out, metrics)
     print(f"{out}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in metrics.items()))
 

@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 
 from empo.commands.common import add_config_args, load_experiment
+from empo.commands.fetch import add_preflight_args
 from empo.errors import LaunchError
+from empo.stages import REGISTRY
 from empo.validate import check_positive_int as positive_int
 from empo.validate import check_seed
 
-STAGES = ("sft", "dpo", "generate", "epitome", "bertscore", "mmlu", "eval", "aggregate")
+# `empo stage` runs one registered stage kind, or `eval` (generate + the metrics, as one job does)
+STAGES = tuple(k for k in REGISTRY if k != "share") + ("eval",)
 DEFAULT_VARIANT = {"sft": "sft", "dpo": "sft_dpo"}
 FORCE_NEW_HELP = ("if results/<name> holds runs of another config hash, move it aside to "
                   "results/<name>.<old hash> (nothing is deleted) and start afresh")
@@ -28,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the whole graph (baseline, SFT, DPO, evals, aggregate) "
                          "and wait; prints the table")
     add_config_args(run)
+    add_preflight_args(run)
     run.add_argument("--executor", default=None,
                      help="local (default: a process per job here), debug (in this process), "
                      "slurm (queue and wait); default: cluster.executor")
@@ -39,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="queue the graph on SLURM (afterok deps, arrays over "
                             "seeds), write manifest.json, print the job table and return")
     add_config_args(submit)
+    add_preflight_args(submit)
+    submit.add_argument("--dry-run", action="store_true",
+                        help="write each job's sbatch script to results/<name>/dry-run/, check it "
+                        "with `sbatch --test-only`, print the job table; queue nothing")
     submit.add_argument("--force-new", action="store_true", help=FORCE_NEW_HELP)
     submit.set_defaults(handler=_submit)
 
@@ -66,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args, ensure_assets=False)
     executor = args.executor or cfg.cluster.executor
-    outcome = run_experiment(cfg, executor, force_new=args.force_new, parallel=args.parallel)
+    outcome = run_experiment(cfg, executor, force_new=args.force_new, parallel=args.parallel,
+                             preflight=not args.no_preflight)
     if outcome.moved_aside:
         print(f"empo: moved the old results aside to {outcome.moved_aside}", file=sys.stderr)
     _print_table(cfg.experiment_dir)
@@ -93,11 +102,19 @@ def _submit(args: argparse.Namespace) -> int:
     from empo.launch.status import console
 
     cfg = load_experiment(args, ensure_assets=False)
-    graph, entries, moved = submit_experiment(cfg, force_new=args.force_new)
+    if args.dry_run:
+        from empo.launch.dryrun import print_dry_run
+
+        return print_dry_run(cfg, check=not args.no_preflight)
+    graph, entries, moved = submit_experiment(cfg, force_new=args.force_new,
+                                              preflight=not args.no_preflight)
     if moved:
         print(f"empo: moved the old results aside to {moved}", file=sys.stderr)
     if not entries:
-        print(f"{cfg.experiment_dir}: every stage is done; nothing submitted")
+        waiting = len(graph.pending())
+        print(f"{cfg.experiment_dir}: nothing submitted: " + (
+            f"{waiting} unfinished stage(s) are already queued or running (empo status)"
+            if waiting else "every stage is done"))
         _print_table(cfg.experiment_dir)
         return 0
     table = Table(title=f"{cfg.name}: {len(set(e['job_id'] for e in entries.values()))} jobs "
@@ -165,7 +182,8 @@ def _stage(args: argparse.Namespace) -> int:
 
 def select_stages(graph, stage: str, variant: str | None, seed: int | None, seeds: list[int]):
     """The stages `empo stage` runs, after checking that what they read is done."""
-    from empo.pipeline import EVAL_STAGES, Variant, eval_stages
+    from empo.pipeline import Variant, eval_stages
+    from empo.stages import EVALUATION
 
     if stage == "aggregate":
         selected = [graph.stages["aggregate"]] if "aggregate" in graph.stages else []
@@ -181,9 +199,9 @@ def select_stages(graph, stage: str, variant: str | None, seed: int | None, seed
                 raise LaunchError(f"empo stage {stage}: --seed is required (one of "
                                   f"{', '.join(map(str, seeds))})")
             seed = seeds[0]
-        kinds = EVAL_STAGES if stage == "eval" else (stage,)
+        kinds = EVALUATION if stage == "eval" else (stage,)
         share = graph.stages.get(f"share/{variant}/seed-{seed}")
-        if share is not None and stage in EVAL_STAGES + ("eval",):
+        if share is not None and stage in EVALUATION + ("eval",):
             if all(graph.stages[d].is_done() for d in share.deps):
                 selected = [share]
             else:  # the first seed's baseline is not evaluated yet: evaluate this seed itself

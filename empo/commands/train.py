@@ -44,11 +44,9 @@ def _train_dpo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, kind: str, variant: str) -> int:
     """One training stage of the graph, under its lock; what it reads must be done and valid."""
     from empo.errors import TrainError
-    from empo.launch.experiment import check_experiment_dir
     from empo.pipeline import build_graph
 
     cfg = load_experiment(args)
-    check_experiment_dir(cfg)  # never train into the results of another config
     cfg.seeds = [args.seed]  # any seed (seeds are directories, not part of the config's identity)
     graph = build_graph(cfg)
     stage = graph.select(kind, variant, args.seed)

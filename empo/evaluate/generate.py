@@ -96,6 +96,11 @@ def check_adapter(base: str, adapter: Path) -> None:
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         raise EvalError(f"{adapter}: not a peft adapter directory (no adapter_config.json)")
+    from empo.results.store import adapter_problem
+
+    problem = adapter_problem(adapter)
+    if problem:
+        raise EvalError(f"adapter {adapter} cannot be used: {problem}")
     shapes = _adapter_shapes(adapter)
     try:
         config = AutoConfig.from_pretrained(base)

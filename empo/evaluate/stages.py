@@ -11,7 +11,7 @@ from typing import Any
 from empo.config import ExperimentConfig
 from empo.errors import EvalError
 from empo.evaluate import read_jsonl
-from empo.results.store import atomic_write_jsonl, is_done, mark_done, merge_metrics
+from empo.results.store import atomic_write_jsonl, is_done, mark_done, merge_json
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _stored(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _finish(run_dir: Path, stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    merge_metrics(run_dir / METRICS, metrics)
+    merge_json(run_dir / METRICS, metrics)
     mark_done(run_dir, stage)
     log.info("%s: %s", stage, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -1,18 +1,19 @@
-"""results/<name>/experiment.yaml: the resolved config of an experiment, headed by its hash.
+"""results/<name>/experiment.yaml: the resolved config of an experiment, and what a changed
+config re-runs.
 
-A results directory belongs to one config hash (seeds and cluster placement are not hashed, so
-adding seeds or moving clusters reuses finished runs). Another config is refused with the keys
-that differ; `--force-new` moves the whole old directory aside to results/<name>.<old hash>
-(never deletes, never mixes runs of two configs) and starts afresh.
+Identity is per stage (`empo.pipeline`): a changed config re-runs exactly the stages whose
+fingerprint changed, and `reruns` says which and why before anything starts. `--force-new` still
+starts a fresh directory: the old one is moved aside whole to results/<name>.<time> (never
+deleted; old and new runs never mix).
 """
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
-from typing import Any
 
 from empo.config import ExperimentConfig
-from empo.errors import LaunchError
+from empo.pipeline import Graph
 from empo.results.store import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -20,89 +21,35 @@ log = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.yaml"
 
 
-def stored_hash(experiment_dir: Path) -> str | None:
-    """The config hash recorded in results/<name>/experiment.yaml, or None without one."""
-    path = Path(experiment_dir) / EXPERIMENT_FILE
-    if not path.exists():
-        return None
-    first = path.read_text().split("\n", 1)[0]
-    prefix = "# config hash: "
-    if first.startswith(prefix):
-        return first[len(prefix):].split()[0]
-    from empo.results.aggregate import experiment_config  # an experiment.yaml written by hand
-
-    stored = experiment_config(experiment_dir)
-    return stored.config_hash() if stored is not None else None
-
-
-def check_experiment_dir(cfg: ExperimentConfig) -> str | None:
-    """LaunchError if results/<name> holds runs of another config hash; returns the stored hash."""
-    exp = cfg.experiment_dir
-    stored = stored_hash(exp)
-    if stored is None or stored == cfg.config_hash():
-        return stored
-    raise LaunchError(
-        f"{exp / EXPERIMENT_FILE}: this results directory belongs to config hash {stored}, "
-        f"but the config given has hash {cfg.config_hash()}{_diff_hint(cfg)}. Use another "
-        "`name:`/`results_dir:`, or pass --force-new to move the old results aside "
-        f"(to {aside_path(exp, stored).name}) and start afresh")
-
-
-def _diff_hint(cfg: ExperimentConfig) -> str:
-    from empo.results.aggregate import experiment_config
-
-    try:
-        stored = experiment_config(cfg.experiment_dir)
-    except Exception:  # noqa: BLE001 - only a hint; the error itself is the hash mismatch
-        return ""
-    if stored is None:
-        return ""
-    changed = _changed_keys(stored.to_dict(), cfg.to_dict())
-    changed = [k for k in changed if not k.startswith(("seeds", "cluster"))]
-    if not changed:
-        return ""
-    return f" (changed: {', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''})"
-
-
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in list(old) + [k for k in new if k not in old]:
-            out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def aside_path(experiment_dir: Path, old_hash: str) -> Path:
-    """Where --force-new moves an experiment of another hash: results/<name>.<hash>[.<n>]."""
-    candidate = experiment_dir.with_name(f"{experiment_dir.name}.{old_hash}")
+def aside_path(experiment_dir: Path) -> Path:
+    """Where --force-new moves an experiment: results/<name>.<YYYYmmdd-HHMMSS>[.<n>]."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = experiment_dir.with_name(f"{experiment_dir.name}.{stamp}")
     n = 1
     while candidate.exists():
         n += 1
-        candidate = experiment_dir.with_name(f"{experiment_dir.name}.{old_hash}.{n}")
+        candidate = experiment_dir.with_name(f"{experiment_dir.name}.{stamp}.{n}")
     return candidate
 
 
 def write_experiment(cfg: ExperimentConfig, force_new: bool = False) -> Path | None:
-    """Record the resolved config (with its hash) in results/<name>/experiment.yaml.
-
-    A directory of another hash is refused, or with `force_new` moved aside whole to
-    results/<name>.<old hash> (nothing is deleted; old and new runs never mix). Returns where the
-    old directory went, if it was moved.
-    """
+    """Record the resolved config in results/<name>/experiment.yaml; with `force_new` first
+    move an existing directory aside whole. Returns where the old directory went, if moved."""
     exp = cfg.experiment_dir
     moved = None
-    try:
-        stored = check_experiment_dir(cfg)
-    except LaunchError:
-        if not force_new:
-            raise
-        stored = stored_hash(exp)
-        moved = aside_path(exp, stored or "old")
+    if force_new and exp.exists():
+        moved = aside_path(exp)
         exp.rename(moved)
-        log.warning("moved %s (config hash %s) aside to %s", exp, stored, moved)
+        log.warning("moved %s aside to %s", exp, moved)
     exp.mkdir(parents=True, exist_ok=True)
-    header = (f"# config hash: {cfg.config_hash()}\n"
-              "# The resolved config of this experiment (seeds and cluster are not hashed).\n")
+    header = ("# The resolved config of this experiment, as last run. Identity is per stage:\n"
+              "# each run directory's stage.json holds its stages' fingerprints.\n")
     atomic_write_text(exp / EXPERIMENT_FILE, header + cfg.to_yaml())
     return moved
+
+
+def reruns(graph: Graph) -> list[str]:
+    """One line per finished stage that the current config makes stale: what re-runs and the
+    changed keys that cause it (its own fields, or an upstream stage that re-runs)."""
+    return [f"{stage.key} re-runs: {', '.join(stage.changed_fields()[:6])}"
+            for stage in graph if stage.superseded()]

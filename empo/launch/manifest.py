@@ -36,6 +36,10 @@ def read_manifest(experiment_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LaunchError(f"{path}: expected a JSON object")
     check_jobs(data.get("jobs", {}), path)
+    history = data.get("history", [])
+    if not isinstance(history, list):
+        raise LaunchError(f"{path}: 'history' must be a list of job entries")
+    check_jobs({f"history[{i}]": entry for i, entry in enumerate(history)}, path)
     return data
 
 
@@ -99,7 +103,13 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
             "executor": executor,
             "container": {"runtime": cfg.cluster.container.runtime, "image": image_path(cfg)},
         })
-        manifest.setdefault("jobs", {}).update(jobs)
+        current = manifest.setdefault("jobs", {})
+        history = manifest.setdefault("history", [])  # every job ever started, for cancel
+        for key, new in jobs.items():
+            old = current.get(key)
+            if old is not None and old.get("job_id") != new.get("job_id"):
+                history.append({"stage": key, **old})
+        current.update(jobs)
         ids = {entry["job_id"] for entry in jobs.values()}
         submissions = manifest.setdefault("submissions", [])
         if submissions and submissions[-1]["folder"] == str(folder):

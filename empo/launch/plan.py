@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from empo.pipeline import EVAL_STAGES, Graph, Stage
-
-JOB_KINDS = ("sft", "dpo", "eval", "share", "aggregate", "epitome_train")
+from empo.pipeline import Graph, Stage
+from empo.stages import REGISTRY
 
 
 def job_kind(stage_kind: str) -> str:
-    """The job a stage runs in: its own kind, or `eval` for generate and the metrics."""
-    return "eval" if stage_kind in EVAL_STAGES else stage_kind
+    """The job a stage runs in (`empo.stages`): its own kind, or `eval` for generate and the
+    metrics."""
+    return REGISTRY[stage_kind].job
 
 
 @dataclass(frozen=True)
 class Unit:
     """One job's body: stages of one run (or the aggregate), run in order in one process."""
 
-    kind: str                      # one of JOB_KINDS
+    kind: str                      # one of empo.stages.JOB_KINDS
     variant: str | None
     seed: int | None
     stages: tuple[Stage, ...]

@@ -13,11 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from empo.config import ClusterConfig, ExperimentConfig
+from empo.hub import hub_environment
+from empo.stages import JOB_KINDS, REGISTRY
 
-# job kind -> key of cluster.time (minutes)
-TIME_KEYS = {"sft": "sft", "dpo": "dpo", "eval": "eval", "share": "aggregate", "aggregate": "aggregate",
-             "epitome_train": "eval"}  # the EPITOME classifiers: an eval-sized one-GPU job
 DEFAULT_MINUTES = ClusterConfig().time
+
+
+def _job_entry(kind: str):
+    """The registry entry that names a job kind's resources and time key (`empo.stages`)."""
+    for entry in REGISTRY.values():
+        if entry.job == kind:
+            return entry
+    raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(JOB_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class Resources:
     max_requeues: int = 3
     wckey: str | None = None                              # None: no --wckey at all
     extra: dict[str, Any] = field(default_factory=dict)   # mail, then cluster.slurm_extra
+    env: dict[str, str] = field(default_factory=dict)     # set in the job (Hub cache, offline)
 
     def sbatch_options(self) -> list[str]:
         """The request as sbatch command-line options (jobs/submit-all.sh; what submitit writes
@@ -59,20 +67,20 @@ class Resources:
 def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
     """The request of a job of `kind` (sft, dpo, eval, share, aggregate)."""
     cluster = cfg.cluster
-    if kind not in TIME_KEYS:
-        raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(TIME_KEYS)}")
-    time_key = TIME_KEYS[kind]
+    entry = _job_entry(kind)
+    time_key = entry.time_key
     minutes = int(cluster.time.get(time_key, DEFAULT_MINUTES.get(time_key, 60)))
     mail = {"mail-user": cluster.mail_user, "mail-type": cluster.mail_type}
     common = dict(name=name, timeout_min=minutes, cpus_per_task=cluster.cpus_per_task,
                   mem_gb=cluster.mem_gb, partition=cluster.partition, account=cluster.account,
                   qos=cluster.qos, max_requeues=cluster.max_requeues, wckey=cluster.wckey,
-                  extra={**{k: v for k, v in mail.items() if v}, **cluster.slurm_extra})
-    if kind in ("sft", "dpo"):
+                  extra={**{k: v for k, v in mail.items() if v}, **cluster.slurm_extra},
+                  env=hub_environment(cfg))
+    if entry.resources == "training":
         gpus = cluster.gpus_per_node
         return Resources(nodes=cluster.nodes, tasks_per_node=max(1, gpus), gpus_per_node=gpus,
                          **common)
-    if kind in ("eval", "epitome_train"):  # one GPU of a node: its share of the node's memory
+    if entry.resources == "eval":  # one GPU of a node: its share of the node's memory
         share = cluster.mem_gb // cluster.gpus_per_node if cluster.gpus_per_node > 1 else cluster.mem_gb
         return Resources(gpus_per_node=min(1, cluster.gpus_per_node),
                          **{**common, "mem_gb": max(1, share)})

@@ -24,11 +24,11 @@ from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import (check_launch, clean_submission_env, job_environment, job_resources,
                          make_executor)
-from empo.launch.experiment import check_experiment_dir, write_experiment
+from empo.launch.experiment import reruns, write_experiment
 from empo.launch.manifest import read_manifest, record_jobs, update_job
 from empo.launch.plan import Unit, plan_units
 from empo.launch.status import (RUNNING, WAITING, StageStatus, _alive, experiment_status,
-                                job_states, normalize, render, summary)
+                                job_states, normalize, render, stage_statuses, summary)
 from empo.launch.submit import entry, job_folder, job_name, submit_graph
 from empo.pipeline import Graph, build_graph, stage_call
 
@@ -49,21 +49,26 @@ class Outcome:
         return [s for s in self.statuses if s.state != "done"]
 
 
-def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False) -> tuple[Graph, Path | None]:
-    """Validate everything, then create the tiny assets and record experiment.yaml."""
+def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False,
+            preflight: bool = True) -> tuple[Graph, Path | None]:
+    """Validate everything, create the tiny assets, record experiment.yaml, and say which
+    finished stages the config makes stale (before anything starts)."""
     check_launch(cfg, executor)
-    try:
-        check_experiment_dir(cfg)
-    except LaunchError:
-        if not force_new:
-            raise
+    if force_new and cfg.experiment_dir.exists():
         _refuse_if_active(cfg.experiment_dir)
     if cfg.assets:
         from empo.assets import ensure_tiny_assets
 
         ensure_tiny_assets(cfg.resolve(cfg.assets))
+    if preflight:  # every input and cluster limit, all problems at once, before anything is written
+        from empo.launch.preflight import check_preflight
+
+        check_preflight(cfg, executor)
     moved = write_experiment(cfg, force_new=force_new)
-    return build_graph(cfg), moved
+    graph = build_graph(cfg)
+    for line in reruns(graph):
+        print(f"empo: {line}", file=sys.stderr)
+    return graph, moved
 
 
 def _refuse_if_active(experiment_dir: Path) -> None:
@@ -187,11 +192,8 @@ def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
     for job in jobs.values():
         if job.state != "waiting":
             continue
-        blocked = [d for d in job.unit.deps if jobs[d].state in ("failed", "not-run")]
-        if blocked:
-            root = jobs[blocked[0]].reason.split("dependency ", 1)[-1].split(" failed")[0] \
-                if jobs[blocked[0]].state == "not-run" else blocked[0]
-            job.state, job.reason = "not-run", f"dependency {root} failed"
+        if any(jobs[d].state in ("failed", "not-run") for d in job.unit.deps):
+            job.state = "not-run"  # (the status names the stage at fault)
             continue
         if running >= parallel or any(jobs[d].state != "done" for d in job.unit.deps):
             continue
@@ -267,37 +269,26 @@ def _last_line(text: str) -> str:
     return (tail or lines or ["unknown error"])[-1][:300]
 
 
+_LOCAL_STATES = {"waiting": "PENDING", "running": "RUNNING", "elsewhere": "RUNNING",
+                 "done": "COMPLETED", "failed": "FAILED"}
+
+
 def _local_statuses(graph: Graph, jobs: dict[str, _Job]) -> list[StageStatus]:
-    unit_of = {s.key: j for j in jobs.values() for s in j.unit.stages}
-    out: dict[str, StageStatus] = {}
-    for stage in graph:
-        job = unit_of.get(stage.key)
-        job_id = str(job.job.job_id) if job is not None and job.job is not None else None
-        log = job.log if job is not None else None
-        if stage.is_done():
-            out[stage.key] = StageStatus(stage.key, "done", job_id, log)
-        elif job is None:
-            out[stage.key] = StageStatus(stage.key, "pending")
-        elif job.state == "waiting":
-            out[stage.key] = StageStatus(stage.key, "pending", reason="waiting for " + ", ".join(
-                d for d in job.unit.deps if jobs[d].state != "done"))
-        elif job.state == "running":
-            out[stage.key] = StageStatus(stage.key, "running", job_id, log)
-        elif job.state == "elsewhere":
-            out[stage.key] = StageStatus(stage.key, "running", str(job.pid), log,
-                                         "started by an earlier empo run; waiting for it")
-        elif job.state == "not-run":
-            out[stage.key] = StageStatus(stage.key, "not-run", None, None, job.reason)
-        else:  # the job failed or ended without this stage's marker
-            inner = [d for d in stage.deps if d in out and out[d].state in ("failed", "not-run")
-                     and unit_of.get(d) is job]
-            if inner:
-                out[stage.key] = StageStatus(stage.key, "not-run", job_id, log,
-                                             f"dependency {inner[0]} failed")
-            else:
-                out[stage.key] = StageStatus(stage.key, "failed", job_id, log,
-                                             job.reason or "ended without its DONE marker")
-    return list(out.values())
+    """The driver's jobs as job entries and states for the one status derivation
+    (`status.stage_statuses`): a job not started yet is PENDING, one never to start has none."""
+    entries: dict[str, dict[str, Any]] = {}
+    states: dict[str, str] = {}
+    for job in jobs.values():
+        if job.state not in _LOCAL_STATES:
+            continue
+        job_id = (str(job.job.job_id) if job.job is not None else
+                  str(job.pid) if job.pid else f"local:{job.unit.key}")
+        states[job_id] = _LOCAL_STATES[job.state]
+        for stage in job.unit.stages:
+            entries[stage.key] = {"job_id": job_id, "stderr": job.log, "error": job.reason,
+                                  "note": "started by an earlier empo run; waiting for it"
+                                  if job.state == "elsewhere" else ""}
+    return stage_statuses(graph, entries, states)
 
 
 # ----------------------------------------------------------------------------- slurm
@@ -321,7 +312,7 @@ def wait_slurm(cfg: ExperimentConfig, graph: Graph, poll_s: float = 5.0,
                     console.print(f"{status.state:9} {status.key} {status.reason}", highlight=False)
             live.update(render(statuses))
             active = [s for s in statuses if s.state in ("running", "pending")]
-            stuck = [s for s in active if s.state == "pending" and " failed" in s.reason]
+            stuck = [s for s in active if s.state == "pending" and s.blocked_by]
             if len(stuck) == len(active):
                 if stuck:
                     from empo.launch.status import cancel
@@ -340,11 +331,12 @@ def wait_slurm(cfg: ExperimentConfig, graph: Graph, poll_s: float = 5.0,
 # ----------------------------------------------------------------------------- entry points
 
 def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False,
-                   parallel: int | None = None, console: Any = None) -> Outcome:
+                   parallel: int | None = None, console: Any = None,
+                   preflight: bool = True) -> Outcome:
     """`empo run`: all pending stages, waited for; the aggregate table path when it exists."""
     check_launch(cfg, executor)
     with driver_lock(cfg):
-        graph, moved = prepare(cfg, executor, force_new)
+        graph, moved = prepare(cfg, executor, force_new, preflight)
         if executor == "slurm":
             submit_graph(cfg, graph, job_folder(cfg, executor))
             statuses = wait_slurm(cfg, graph, console=console)
@@ -354,12 +346,12 @@ def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False
     return Outcome(graph, statuses, table if table.exists() else None, moved)
 
 
-def submit_experiment(cfg: ExperimentConfig, force_new: bool = False
+def submit_experiment(cfg: ExperimentConfig, force_new: bool = False, preflight: bool = True
                       ) -> tuple[Graph, dict[str, Any], Path | None]:
     """`empo submit`: queue all pending stages on SLURM and return at once."""
     check_launch(cfg, "slurm")
     with driver_lock(cfg):
-        graph, moved = prepare(cfg, "slurm", force_new)
+        graph, moved = prepare(cfg, "slurm", force_new, preflight)
         entries = submit_graph(cfg, graph, job_folder(cfg, "slurm"))
     return graph, entries, moved
 

@@ -19,6 +19,7 @@ from empo.pipeline import Graph
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "UNKNOWN",
            "PREEMPTED", ""}
+LIVE = RUNNING | {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"}
 FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
           "SPECIAL_EXIT", "REVOKED"}
 STATE_STYLES = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "bold red",
@@ -27,13 +28,14 @@ STATE_STYLES = {"done": "green", "running": "cyan", "pending": "yellow", "failed
 
 @dataclass
 class StageStatus:
-    """One row of `empo status`."""
+    """One row of `empo status` and of `empo run`'s live table."""
 
     key: str
     state: str                  # done | running | pending | failed | cancelled | not-run
     job_id: str | None = None
     log: str | None = None
     reason: str = ""
+    blocked_by: str | None = None   # the failed stage that keeps this one from running
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -46,38 +48,48 @@ def normalize(state: str | None) -> str:
 
 def stage_statuses(graph: Graph, jobs: dict[str, dict[str, Any]],
                    job_states: dict[str, str]) -> list[StageStatus]:
-    """Pure: each stage's status from its marker, its manifest entry and its job's state."""
+    """Pure, the one derivation of stage status (used by `empo status` and `empo run`): each
+    stage's state from its marker and outputs, its job entry (`job_id`, `stderr`, optional
+    `error`) and its job's state (SLURM names)."""
     out: dict[str, StageStatus] = {}
     for stage in graph:
         entry = jobs.get(stage.key) or {}
         job_id = entry.get("job_id")
         log = entry.get("stderr")
-        root = _root_cause(stage.deps, out)
+        root = next((out[d].blocked_by or d for d in stage.deps if d in out and
+                     (out[d].state in ("failed", "cancelled") or out[d].blocked_by)), None)
         if stage.is_done():
             out[stage.key] = StageStatus(stage.key, "done", job_id, log)
             continue
+        found = stage.output_problem() if all(p.exists() for p in stage.markers()) else None
+        if found is not None:  # marked done, but what it wrote does not parse
+            out[stage.key] = StageStatus(stage.key, "failed", job_id, log,
+                                         f"{found[1]}; the next run moves it aside and redoes it")
+            continue
         state = normalize(job_states.get(job_id)) if job_id else None
+        blocked = f"dependency {root} {out[root].state}" if root else ""
         same_job = [d for d in stage.deps if (jobs.get(d) or {}).get("job_id") == job_id and job_id]
         if state is None:
-            status = StageStatus(stage.key, "not-run", None, None,
-                                 f"dependency {root} failed" if root else "not submitted")
+            status = StageStatus(stage.key, "not-run", None, None, blocked or "not submitted")
         elif state in RUNNING:
-            status = StageStatus(stage.key, "running", job_id, log)
+            status = StageStatus(stage.key, "running", job_id, log, entry.get("note", ""))
         elif state in WAITING:
-            why = (f"dependency {root} failed: it will never start (empo cancel removes it)"
-                   if root else "")
+            waiting = [d for d in stage.deps if d in out and out[d].state != "done"]
+            why = (f"{blocked}: it will never start (empo cancel removes it)" if root else
+                   f"waiting for {', '.join(waiting)}" if waiting else "")
             status = StageStatus(stage.key, "pending", job_id, log, why)
         elif state == "CANCELLED":
-            status = StageStatus(stage.key, "cancelled", job_id, log,
-                                 f"dependency {root} failed" if root else "job cancelled")
+            status = StageStatus(stage.key, "cancelled", job_id, log, blocked or "job cancelled")
         elif root and any(d in same_job for d in _ancestors(stage.deps, graph)):
-            status = StageStatus(stage.key, "not-run", job_id, log, f"dependency {root} failed")
+            status = StageStatus(stage.key, "not-run", job_id, log, blocked)
         elif state in FAILED:
-            status = StageStatus(stage.key, "failed", job_id, log, f"job {job_id} {state}")
+            status = StageStatus(stage.key, "failed", job_id, log,
+                                 entry.get("error") or f"job {job_id} {state}")
         else:  # COMPLETED (or unknown to us) without the marker
             names = ", ".join(p.name for p in stage.markers())
             status = StageStatus(stage.key, "failed", job_id, log,
                                  f"job {job_id} {state or 'ended'} without writing {names}")
+        status.blocked_by = root if status.state not in ("failed", "cancelled") or root else None
         out[stage.key] = status
     return list(out.values())
 
@@ -93,30 +105,35 @@ def _ancestors(deps: tuple[str, ...], graph: Graph) -> set[str]:
     return seen
 
 
-def _root_cause(deps: tuple[str, ...], known: dict[str, StageStatus]) -> str | None:
-    """The failed stage that keeps one of `deps` from running, if any."""
-    for dep in deps:
-        status = known.get(dep)
-        if status is None:
-            continue
-        if status.state == "failed":
-            return dep
-        if status.state in ("cancelled", "not-run", "pending") and " failed" in status.reason:
-            return status.reason.split("dependency ", 1)[1].split(" failed", 1)[0]
-    return None
-
-
 # ----------------------------------------------------------------------------- job states
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id (array tasks included), from sacct via submitit's watcher."""
-    from submitit.slurm.slurm import SlurmInfoWatcher
+    """SLURM state of each job id (array tasks included): squeue for the jobs still in the queue
+    (what it says is current), sacct (through submitit's watcher) for the ones that left it."""
+    states = squeue_states(job_ids)
+    ended = [job_id for job_id in job_ids if job_id not in states]
+    if ended:
+        from submitit.slurm.slurm import SlurmInfoWatcher
 
-    watcher = SlurmInfoWatcher(delay_s=60)
-    for job_id in job_ids:
-        watcher.register_job(str(job_id))
-    watcher.update()
-    return {job_id: watcher.get_state(str(job_id), mode="cache") for job_id in job_ids}
+        watcher = SlurmInfoWatcher(delay_s=60)
+        for job_id in ended:
+            watcher.register_job(str(job_id))
+        watcher.update()
+        states.update({job_id: watcher.get_state(str(job_id), mode="cache") for job_id in ended})
+    return states
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: state} of those `job_ids` squeue still lists ({} where squeue cannot answer)."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if done.returncode != 0:  # e.g. every id has left the queue ("Invalid job id specified")
+        return {}
+    listed = dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
+    return {job_id: listed[job_id] for job_id in job_ids if job_id in listed}
 
 
 def local_state(entry: dict[str, Any]) -> str:
@@ -171,7 +188,10 @@ def cancel(graph: Graph, manifest: dict[str, Any], experiment_dir: Path | None =
     statuses = experiment_status(graph, manifest)
     jobs = manifest.get("jobs", {})
     active = {s.job_id for s in statuses if s.state in ("running", "pending") and s.job_id}
-    executor = {e["job_id"]: e.get("executor") for e in jobs.values()}
+    history = {f"history[{i}]": e for i, e in enumerate(manifest.get("history", []))}
+    earlier = job_states(history) if history else {}  # jobs of earlier submissions, still live?
+    active |= {e["job_id"] for e in history.values() if normalize(earlier.get(e["job_id"])) in LIVE}
+    executor = {e["job_id"]: e.get("executor") for e in [*history.values(), *jobs.values()]}
     slurm = sorted(j for j in active if executor.get(j) == "slurm")
     if slurm:
         done = subprocess.run(["scancel", "--", *slurm], capture_output=True, text=True,

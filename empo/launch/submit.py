@@ -42,10 +42,18 @@ def entry(job: Any, unit: Unit, executor: str, folder: Path, array_id: str | Non
 
 
 def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str, dict[str, Any]]:
-    """Queue every pending stage on SLURM; returns stage key -> manifest entry (also recorded)."""
-    units = plan_units(graph)
+    """Queue every pending stage on SLURM; returns stage key -> manifest entry (also recorded).
+
+    A stage whose earlier job is still pending or running is not queued again: what needs it
+    waits on that job (`afterok`). Arrays wait on the union of their tasks' live jobs."""
+    live, stale = live_jobs(graph)
+    if stale:  # queued for an earlier config of their stage: replaced by this submission
+        log.warning("cancelling jobs of an earlier config: %s", " ".join(_cancel(stale)))
+    units = plan_units(graph, [s for s in graph.pending() if s.key not in live])
     if not units:
         return {}
+    waits_on = {unit.key: sorted({live[d] for s in unit.stages for d in s.deps if d in live})
+                for unit in units}
     arrays = plan_arrays(units)
     by_key = {plan.key: plan for plan in arrays}
     job_ids: dict[str, str] = {}
@@ -54,6 +62,9 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
     entries: dict[str, dict[str, Any]] = {}
     for plan in arrays:
         dep = dependency(plan, by_key, job_ids, array_ids)
+        earlier = sorted({job for unit in plan.units for job in waits_on[unit.key]})
+        if earlier:  # jobs of an earlier submission that are still queued or running
+            dep = ",".join(filter(None, [dep, "afterok:" + ":".join(earlier)]))
         name = job_name(cfg, plan.kind, plan.variant)
         executor = make_executor(cfg, "slurm", folder, job_resources(cfg, plan.kind, name),
                                  dependency=dep)
@@ -76,17 +87,42 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
         for unit, job in zip(plan.units, jobs):
             job_ids[unit.key] = job.job_id
             for stage in unit.stages:
-                entries[stage.key] = entry(job, unit, "slurm", folder, array_id)
+                entries[stage.key] = {**entry(job, unit, "slurm", folder, array_id),
+                                      "fingerprint": stage.fingerprint}
         log.info("queued %s: %s%s", plan.key, array_id or jobs[0].job_id,
                  f" (after {dep})" if dep else "")
     record_jobs(cfg, "slurm", folder, entries)
     return entries
 
 
+def live_jobs(graph: Graph) -> tuple[dict[str, str], list[str]]:
+    """({stage key: id of its job from an earlier submission, still pending or running, for the
+    stage's current fingerprint}, [ids of live jobs queued for an earlier fingerprint]), from the
+    manifest and squeue/sacct. Stages that are done are left out."""
+    from empo.launch.manifest import read_manifest
+    from empo.launch.status import LIVE, job_states, normalize
+
+    jobs = {key: entry for key, entry in read_manifest(graph.experiment_dir).get("jobs", {}).items()
+            if entry.get("executor") == "slurm" and key in graph.stages
+            and not graph.stages[key].is_done()}
+    states = job_states(jobs) if jobs else {}
+    live = {key: entry for key, entry in jobs.items()
+            if normalize(states.get(entry["job_id"])) in LIVE}
+    current = {key: e["job_id"] for key, e in live.items()
+               if e.get("fingerprint") in (None, graph.stages[key].fingerprint)}
+    stale = sorted({e["job_id"] for key, e in live.items() if key not in current}
+                   - set(current.values()))
+    return current, stale
+
+
 def _cancel(job_ids: list[str]) -> list[str]:
+    """scancel `job_ids`; the ids scancel accepted (all of them, or none when it failed)."""
     if not job_ids:
         return []
-    subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+    done = subprocess.run(["scancel", "--", *job_ids], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        log.error("scancel %s failed: %s", " ".join(job_ids), done.stderr.strip())
+        return []
     return job_ids
 
 

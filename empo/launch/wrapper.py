@@ -21,6 +21,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
+from empo.hub import hub_environment
 from empo.launch.containers import check_container, container_command
 from empo.launch.manifest import now, record_jobs
 from empo.launch.resources import job_resources
@@ -160,7 +161,8 @@ def build_launch(cfg: ExperimentConfig | None, args: WrapperArgs, env: dict[str,
             launch = [*srun, "bash", "-c", TASK_ENV, "empo-task", *command]
     else:
         launch = ["bash", "-c", TASK_ENV, "empo-task", *command]
-    return Launch(command, launch, rendezvous(env))
+    hub = hub_environment(cfg) if cfg is not None else {}  # cluster.hf_home, cluster.offline
+    return Launch(command, launch, {**rendezvous(env), **hub})
 
 
 def wrapper_config(args: WrapperArgs) -> ExperimentConfig | None:
@@ -176,7 +178,8 @@ def wrapper_config(args: WrapperArgs) -> ExperimentConfig | None:
 
 def stage_keys(cfg: ExperimentConfig, args: WrapperArgs) -> list[str]:
     """The graph stages the job runs (its manifest entries); [] for the pipeline wrapper."""
-    from empo.pipeline import EVAL_STAGES, build_graph
+    from empo.pipeline import build_graph
+    from empo.stages import EVALUATION
 
     if args.kind == "pipeline" or args.results_dir_mode:
         return []
@@ -184,7 +187,7 @@ def stage_keys(cfg: ExperimentConfig, args: WrapperArgs) -> list[str]:
     if args.kind == "aggregate":
         return ["aggregate"] if "aggregate" in graph.stages else []
     variant = args.variant or DEFAULT_VARIANT.get(args.kind)
-    kinds = EVAL_STAGES if (args.stage or args.kind) == "eval" else (args.stage or args.kind,)
+    kinds = EVALUATION if (args.stage or args.kind) == "eval" else (args.stage or args.kind,)
     keys = [s.key for s in graph if s.kind in kinds and s.variant == variant and s.seed == args.seed]
     share = f"share/{variant}/seed-{args.seed}"
     return keys or ([share] if share in graph.stages else [])

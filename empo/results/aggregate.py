@@ -22,11 +22,10 @@ from pathlib import Path
 from empo.config import ExperimentConfig, from_dict, project_root, read_yaml
 from empo.errors import ConfigError, EmpoError
 from empo.results.store import atomic_write_text
+from empo.stages import metric_keys
 
-METRICS = ("mmlu", "diff_er", "diff_ex", "diff_ip", "fbert")
-# eval.metrics entry -> the metrics.json keys it produces
-STAGE_METRICS = {"mmlu": ("mmlu",), "epitome": ("diff_er", "diff_ex", "diff_ip"),
-                 "bertscore": ("fbert",)}
+METRICS = tuple(metric_keys(("mmlu", "epitome", "bertscore")))  # the table's column order
+
 _SEED_DIR = re.compile(r"^seed-(-?\d+)$")
 
 Runs = dict[str, dict[int, dict[str, float]]]  # variant -> seed -> metric -> value
@@ -77,7 +76,7 @@ def metric_names(runs: Runs) -> list[str]:
 def expected_metrics(cfg: ExperimentConfig | None, runs: Runs) -> list[str]:
     """Core metrics every run should report: from cfg.eval.metrics, else those found anywhere."""
     if cfg is not None:
-        return [m for stage in cfg.eval.metrics for m in STAGE_METRICS.get(stage, ())]
+        return metric_keys(cfg.eval.metrics)
     found = {k for seeds in runs.values() for m in seeds.values() for k in m}
     return [m for m in METRICS if m in found]
 

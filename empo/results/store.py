@@ -205,8 +205,9 @@ def remove_owned_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def merge_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Merge `metrics` into the JSON file at `path` (other keys kept), atomically and locked."""
+def merge_json(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Merge `metrics` into the JSON object at `path` (other keys kept), atomically and locked
+    (metrics.json, stage.json)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise EmpoError(f"{path}: output directory {path.parent} does not exist")
@@ -299,13 +300,14 @@ def adapter_problem(adapter_dir: Path) -> str | None:
     return safetensors_problem(weights)
 
 
-def move_aside(path: Path, why: str) -> Path | None:
-    """Rename an invalid output to `<name>.invalid-<n>` beside it (never delete); returns where."""
+def move_aside(path: Path, why: str, tag: str = "invalid") -> Path | None:
+    """Rename an output to `<name>.<tag>-<n>` beside it (never delete), with a `.why` note;
+    returns where it went."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
     n = 1
-    while (target := path.with_name(f"{path.name}.invalid-{n}")).exists():
+    while (target := path.with_name(f"{path.name}.{tag}-{n}")).exists():
         n += 1
     os.replace(path, target)
     (target.parent / f"{target.name}.why").write_text(why + "\n")

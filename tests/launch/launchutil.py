@@ -50,6 +50,7 @@ def finish_stage(stage, value: float = 0.0) -> None:
         mark_done(where, stage.kind)
     else:
         raise ValueError(f"finish_stage does not fake {stage.kind}")
+    stage.write_record("done")
 
 
 def finish_all_but(graph, keep: set[str], value_of=lambda stage: 0.0) -> None:

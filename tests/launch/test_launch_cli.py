@@ -61,15 +61,6 @@ def test_submit_without_sbatch_on_path_is_an_error(config, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_a_results_dir_of_another_config_is_refused(config, tmp_path, capsys):
-    write_experiment(load_config(config))
-    assert main(["run", str(config), "lora.r=8"]) == 2
-    message = error_of(capsys)
-    assert "belongs to config hash" in message and "lora.r" in message and "--force-new" in message
-    assert main(["submit", str(config), "lora.r=8"]) == 2
-    assert "belongs to config hash" in error_of(capsys)
-
-
 def test_force_new_refuses_while_jobs_of_the_old_config_still_run(config, tmp_path, capsys):
     cfg = load_config(config)
     write_experiment(cfg)
@@ -93,21 +84,20 @@ def test_force_new_moves_the_old_results_aside(config, tmp_path, capsys):
     (old.experiment_dir / "table.csv").write_text("old table\n")
     # the new config's stages fail fast (no such model): what matters is where they write
     code = main(["run", str(config), "lora.r=8", "seeds=[1]", "model.name_or_path=/nonexistent",
-                 "--force-new", "--parallel", "2"])
+                 "--force-new", "--parallel", "2", "--no-preflight"])
     assert code == 1
-    aside = old.experiment_dir.with_name(f"t.{old.config_hash()}")
+    (aside,) = [p for p in old.experiment_dir.parent.iterdir() if p.name.startswith("t.")]
     assert (aside / "table.csv").read_text() == "old table\n"
     assert f"moved the old results aside to {aside}" in capsys.readouterr().err
     new = load_config(config, ["lora.r=8", "model.name_or_path=/nonexistent"])
-    text = (new.experiment_dir / "experiment.yaml").read_text()
-    assert text.startswith(f"# config hash: {new.config_hash()}")
+    assert "r: 8" in (new.experiment_dir / "experiment.yaml").read_text()
 
 
 def test_stage_runs_one_stage_in_process_after_checking_its_inputs(config, capsys):
     cfg = load_config(config)
     graph = build_graph(cfg)
     assert main(["stage", "train", str(config)]) == 2
-    assert "unknown stage 'train'; allowed: sft, dpo, generate" in error_of(capsys)
+    assert "unknown stage 'train'; allowed: sft, dpo, epitome_train, generate" in error_of(capsys)
     assert main(["stage", "dpo", str(config), "--seed", "1"]) == 2
     assert "needs sft/sft/seed-1 first" in error_of(capsys)
     assert main(["stage", "eval", str(config), "--seed", "1"]) == 2

@@ -48,10 +48,10 @@ def test_missing_output_directory_is_named(tmp_path):
         store.atomic_write_text(tmp_path / "nope" / "f.txt", "x")
 
 
-def test_merge_metrics_keeps_other_keys_under_concurrency(tmp_path):
+def test_merge_json_keeps_other_keys_under_concurrency(tmp_path):
     path = tmp_path / "metrics.json"
-    store.merge_metrics(path, {"mmlu": 0.5})
-    threads = [threading.Thread(target=store.merge_metrics, args=(path, {f"k{i}": i}))
+    store.merge_json(path, {"mmlu": 0.5})
+    threads = [threading.Thread(target=store.merge_json, args=(path, {f"k{i}": i}))
                for i in range(8)]
     for thread in threads:
         thread.start()
@@ -61,9 +61,9 @@ def test_merge_metrics_keeps_other_keys_under_concurrency(tmp_path):
     assert merged == {"mmlu": 0.5, **{f"k{i}": i for i in range(8)}}
 
 
-def test_merge_metrics_refuses_corrupt_file(tmp_path):
+def test_merge_json_refuses_corrupt_file(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text("{not json")
     with pytest.raises(EmpoError, match="metrics.json"):
-        store.merge_metrics(path, {"a": 1})
+        store.merge_json(path, {"a": 1})
     assert path.read_text() == "{not json"
