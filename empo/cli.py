@@ -7,10 +7,11 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from empo.commands import assets, config, data, epitome, eval as eval_, jobs, launch, results, train
+from empo.commands import (assets, config, data, epitome, eval as eval_, fetch, jobs, launch,
+                           results, train)
 from empo.errors import EmpoError
 
-COMMAND_GROUPS = (config, assets, data, train, eval_, epitome, results, launch, jobs)
+COMMAND_GROUPS = (config, assets, fetch, data, train, eval_, epitome, results, launch, jobs)
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,6 +67,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def one_line(err: BaseException) -> str:
     """The error as one line naming the file where the OS names one."""
+    if getattr(err, "problems", None):  # preflight: one line per problem, under a headline
+        first, *rest = str(err).splitlines()
+        return "\n".join([" ".join(first.split())] + ["  " + " ".join(x.split()) for x in rest])
     if isinstance(err, OSError) and err.filename is not None:
         text = f"{err.filename}: {err.strerror or err}"
     elif isinstance(err, UnicodeDecodeError):

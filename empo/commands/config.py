@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=_show)
     validate = actions.add_parser("validate", help="exit 0 if the config is valid, 2 if not")
     add_config_args(validate)
+    validate.add_argument("--preflight", action="store_true",
+                          help="also run the checks `empo run`/`submit` make before queueing "
+                          "(assets, checkpoints, lm-eval tasks, image, cluster limits, memory)")
+    validate.add_argument("--executor", default=None,
+                          help="with --preflight: the executor to check for (default: "
+                          "cluster.executor)")
     validate.set_defaults(handler=_validate)
 
 
@@ -25,6 +31,12 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    cfg = load_experiment(args, ensure_assets=False)
+    cfg = load_experiment(args, ensure_assets=args.preflight)
+    if args.preflight:
+        from empo.launch import check_executor
+        from empo.launch.preflight import check_preflight
+
+        check_preflight(cfg, check_executor(args.executor or cfg.cluster.executor))
+        print(f"{args.config}: preflight passed")
     print(f"{args.config}: valid (hash {cfg.config_hash()})")
     return 0

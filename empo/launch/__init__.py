@@ -46,12 +46,13 @@ def job_environment(resources: Resources) -> dict[str, str]:
     """Variables a job starts with, unless the user set them: torch's thread pools sized to the
     job's cores rather than the machine's (two local jobs on two cores must not run four
     threads), and a fixed PYTHONHASHSEED (bert-score orders equal-length sentences by set order:
-    without it F_BERT differs in the last float32 bit between two identical runs)."""
+    without it F_BERT differs in the last float32 bit between two identical runs). The Hub
+    variables of `resources.env` (cluster.hf_home, cluster.offline) are always set."""
     env = {"PYTHONHASHSEED": "0"}
     if "OMP_NUM_THREADS" not in os.environ:
         env.update(OMP_NUM_THREADS=str(resources.cpus_per_task),
                    MKL_NUM_THREADS=str(resources.cpus_per_task))
-    return {k: v for k, v in env.items() if k not in os.environ}
+    return {**{k: v for k, v in env.items() if k not in os.environ}, **resources.env}
 
 
 @contextlib.contextmanager
@@ -71,9 +72,10 @@ def clean_submission_env() -> Iterator[None]:
 
 def make_executor(cfg: ExperimentConfig, executor: str, folder: Path, resources: Resources,
                   dependency: str | None = None, always_bind: Iterable[Path] = (),
-                  visible_gpus: tuple[int, ...] = ()) -> Any:
+                  visible_gpus: tuple[int, ...] = (), script_only: bool = False) -> Any:
     """A submitit executor for one job (or array) with `resources`, its container and deps.
-    `visible_gpus`: the GPUs a local job gets (CUDA_VISIBLE_DEVICES), from run_local's pool."""
+    `visible_gpus`: the GPUs a local job gets (CUDA_VISIBLE_DEVICES), from run_local's pool.
+    `script_only`: a slurm executor used only to write job scripts (dry run; no sbatch needed)."""
     import submitit
 
     check_executor(executor)
@@ -93,7 +95,7 @@ def make_executor(cfg: ExperimentConfig, executor: str, folder: Path, resources:
                              tasks_per_node=resources.tasks_per_node,
                              gpus_per_node=resources.gpus_per_node, visible_gpus=visible_gpus)
         return ex
-    if shutil.which("sbatch") is None:
+    if shutil.which("sbatch") is None and not script_only:
         raise LaunchError("sbatch not found on PATH: the slurm executor needs a SLURM login node")
     ex = submitit.AutoExecutor(folder, cluster="slurm", slurm_python=container.python,
                                slurm_max_num_timeout=resources.max_requeues)

@@ -142,7 +142,9 @@ def container_command(cfg: ExperimentConfig, always_bind: Iterable[Path],
     runtime = cfg.cluster.container.runtime
     if runtime == "none":
         return ContainerCommand()
-    pairs = bind_pairs(cfg, always_bind)
+    from empo.hub import hub_binds
+
+    pairs = bind_pairs(cfg, [*always_bind, *hub_binds(cfg)])  # offline jobs read the Hub cache
     image = image_path(cfg)
     python = _inner_python(pairs)
     q = shlex.quote
