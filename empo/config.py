@@ -22,6 +22,7 @@ import yaml
 
 from empo.errors import ConfigError
 from empo.stages import METRIC_STAGES
+from empo.trainer_fields import TRL_CONFIGS
 from empo.validate import (SBATCH_OPTION, check_name, check_range, check_text, load_yaml,
                            read_text)
 
@@ -395,17 +396,52 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     fields = _field_types(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    passed: dict[str, Any] = {}  # sft/dpo: trl fields beside ours, into `trainer_args`
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields and _trl_field(cls, prefix, str(key)):
+            check_text(value, path)
+            passed[str(key)] = value
+            continue
         if key not in fields:
-            raise ConfigError(
-                f"unknown config key '{path}'"
-                f"{_closest(str(key), fields, f'{prefix}.' if prefix else '')}"
-            )
+            raise ConfigError(f"unknown config key '{path}'"
+                              f"{_closest(str(key), _known(cls, prefix), f'{prefix}.' if prefix else '')}")
         kwargs[key] = _convert(value, fields[key], path)
         check_range(cls, key, kwargs[key], path)
+    if issubclass(cls, TrainConfig):
+        for key in kwargs.get("trainer_args", {}):
+            _trl_field(cls, prefix, key, where=f"{prefix}.trainer_args.{key}")
+        kwargs["trainer_args"] = {**kwargs.get("trainer_args", {}), **passed}
     return cls(**kwargs)
+
+
+def _known(cls: type, stage: str) -> list[str]:
+    """The keys a section accepts: its fields, and for sft/dpo trl's config fields too."""
+    from empo.trainer_fields import trl_fields
+
+    extra = trl_fields(stage) if issubclass(cls, TrainConfig) and stage in TRL_CONFIGS else None
+    return sorted(set(_field_types(cls)) | set(extra or ()))
+
+
+def _trl_field(cls: type, stage: str, key: str, where: str = "") -> bool:
+    """Whether `key` is a field of trl's config for this training section (True where trl is not
+    installed here: trl checks it at stage start); ConfigError for a field the project sets or
+    one that would break its semantics, or (with `where`) for a key trl does not have."""
+    if not issubclass(cls, TrainConfig) or stage not in TRL_CONFIGS:
+        return False
+    from empo.trainer_fields import REFUSED, trl_fields
+
+    if key in REFUSED:
+        raise ConfigError(f"{where or f'{stage}.{key}'}: not settable ({REFUSED[key]})".replace(
+            "<stage>", stage))
+    valid = trl_fields(stage)
+    if valid is None or key in valid:
+        return True
+    if where:
+        raise ConfigError(f"{where}: not a field of trl's {TRL_CONFIGS[stage].split(':')[1]}"
+                          f"{_closest(key, valid)}")
+    return False
 
 
 def _validate(cfg: ExperimentConfig) -> None:
@@ -459,9 +495,11 @@ def _check_dotted_key(key: str) -> None:
     parts = key.split(".")
     for i, part in enumerate(parts):
         fields = _field_types(cls)
+        if part not in fields and i == len(parts) - 1 and _trl_field(cls, parts[0], part):
+            return
         if part not in fields:
             where = ".".join(parts[: i + 1])
-            near = _closest(part, fields, ".".join(parts[:i]) + "." if i else "")
+            near = _closest(part, _known(cls, parts[0]), ".".join(parts[:i]) + "." if i else "")
             raise ConfigError(f"unknown config key '{where}'{near}")
         hint = fields[part]
         if dataclasses.is_dataclass(hint):
@@ -565,10 +603,26 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping; with `base: other.yaml` (relative to this file) the base is read
+    first and this file's keys override it, mappings merged key by key, lists replaced."""
+    raw = read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected the path of another config file")
+    base_path = Path(base).expanduser()
+    base_path = base_path if base_path.is_absolute() else Path(path).parent / base_path
+    if base_path.resolve() in chain or len(chain) > 8:
+        raise ConfigError(f"{path}: base: {base} includes itself")
+    return _deep_merge(read_with_base(base_path, (*chain, Path(path).resolve())), raw)
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """Load an experiment YAML, apply `key=value` overrides, validate."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_with_base(path)
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value, source="override")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from empo.cli import main
 from empo.config import SEVEN_PROJECTIONS, load_config, parse_override
@@ -140,3 +141,29 @@ def test_every_numeric_field_has_a_range():
     missing = [path for cls, name, path in _numeric_fields(ExperimentConfig)
                if range_of(cls, name) is None]
     assert missing == []
+
+
+def test_a_config_with_a_base_resolves_to_the_long_form(tmp_path):
+    """`base:` includes another config (relative to the file); keys override it, lists replace.
+    The sweep files are written this way: each equals its long form, same stage fingerprints."""
+    from empo.pipeline import build_graph
+
+    table1 = TABLE1
+    import shutil
+
+    shutil.copytree(ROOT / "configs" / "cluster", tmp_path / "configs" / "cluster")
+    long = tmp_path / "configs" / "long.yaml"
+    data = yaml.safe_load(table1.read_text())
+    data.update(name="fig", seeds=[1, 2])
+    data["lora"]["r"] = 64
+    long.write_text(yaml.safe_dump(data))
+    short = tmp_path / "configs" / "short.yaml"
+    short.write_text(f"base: {table1}\nname: fig\nseeds: [1, 2]\nlora: {{r: 64}}\n")
+    a, b = load_config(long), load_config(short)
+    assert a.to_dict() == b.to_dict()
+    a.root = b.root = ROOT
+    assert [s.fingerprint for s in build_graph(a)] == [s.fingerprint for s in build_graph(b)]
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(loop)

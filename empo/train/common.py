@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from empo.errors import TrainError
 from empo.results.store import atomic_write_jsonl, atomic_write_text, is_done, mark_done
+from empo.trainer_fields import REFUSED
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback
@@ -29,11 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEEPSPEED_PRESETS = ("zero2", "zero2_offload", "zero3")
-# trl config fields that the stage sets itself; `trainer_args` may not override them.
-MANAGED_ARGS = (
-    "output_dir", "seed", "data_seed", "deepspeed", "gradient_accumulation_steps", "use_cpu",
-    "save_strategy", "resume_from_checkpoint", "report_to",
-)
 # Training log fields kept from trainer.state.log_history (others, e.g. logits/*, are dropped).
 LOG_FIELDS = (
     "step", "epoch", "loss", "learning_rate", "grad_norm", "entropy", "num_tokens",
@@ -184,8 +180,8 @@ def trainer_kwargs(
     section_fields = {f.name for f in dataclasses.fields(section)}
     for key, value in section.trainer_args.items():
         where = f"{stage}.trainer_args.{key}"
-        if key in MANAGED_ARGS:
-            raise TrainError(f"{where}: set by the stage itself and cannot be overridden")
+        if key in REFUSED:  # (config validation refuses them already; a config built in code)
+            raise TrainError(f"{where}: not settable ({REFUSED[key].replace('<stage>', stage)})")
         if key in section_fields:
             raise TrainError(f"{where}: set it as {stage}.{key} instead")
         if key not in valid:
