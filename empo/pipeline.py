@@ -31,7 +31,7 @@ from empo.errors import EmpoError, LaunchError
 from empo.fingerprint import fingerprint, identity_fields
 from empo.results.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
                                 merge_json, move_aside, run_dir, stage_lock)
-from empo.stages import EVALUATION, REGISTRY, TRAINING, output_problem, stage_kind
+from empo.stages import REGISTRY, TRAINING, output_problem, stage_kind
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +229,6 @@ class Graph:
     def pending(self) -> list[Stage]:
         """Stages not done yet, in order (what a run or a submission starts)."""
         return [stage for stage in self if not stage.is_done()]
-
-    def dependants(self, key: str) -> list[str]:
-        """Every stage that needs `key`, directly or not, in order."""
-        found: set[str] = {key}
-        out = []
-        for stage in self:
-            if any(dep in found for dep in stage.deps):
-                found.add(stage.key)
-                out.append(stage.key)
-        return out
 
     def select(self, kind: str, variant: str | None, seed: int | None) -> Stage:
         """The stage of `kind` for a variant and seed; LaunchError listing what exists."""

@@ -388,13 +388,6 @@ def reference_logits(classifiers: Mapping[str, EpitomeClassifier], tokenizer,
     return {a: torch.stack(v) if v else torch.empty((0, 3)) for a, v in out.items()}
 
 
-def reference_levels(classifiers: Mapping[str, EpitomeClassifier], tokenizer,
-                     seekers: Sequence[str], responses: Sequence[str], padding: str = "none"
-                     ) -> dict[str, list[int]]:
-    logits = reference_logits(classifiers, tokenizer, seekers, responses, padding)
-    return {a: v.argmax(-1).tolist() for a, v in logits.items()}
-
-
 def load_scorer(checkpoints: Path, encoder: str = "roberta-base", tokenizer: str | None = None,
                 padding: str = "none", batch_size: int = 32, device: str | None = None,
                 progress: bool = False) -> EpitomeScorer:

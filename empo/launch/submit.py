@@ -17,7 +17,7 @@ from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import clean_submission_env, job_resources, make_executor
 from empo.launch.manifest import now, record_jobs
-from empo.launch.plan import ArrayPlan, Unit, dependency, plan_arrays, plan_units
+from empo.launch.plan import Unit, dependency, plan_arrays, plan_units
 from empo.pipeline import Graph, stage_call
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,3 @@ def _cancel(job_ids: list[str]) -> list[str]:
         log.error("scancel %s failed: %s", " ".join(job_ids), done.stderr.strip())
         return []
     return job_ids
-
-
-def job_table(arrays: list[ArrayPlan], entries: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
-    """(job, seeds, job id, dependency-free log) rows for printing a submission."""
-    rows = []
-    for plan in arrays:
-        for unit in plan.units:
-            first = entries.get(unit.stages[0].key, {})
-            rows.append((unit.key, ", ".join(s.kind for s in unit.stages),
-                         first.get("job_id", "-"), first.get("stderr", "")))
-    return rows
