@@ -115,6 +115,30 @@ def test_stage_runs_one_stage_in_process_after_checking_its_inputs(config, capsy
     assert capsys.readouterr().out == "mmlu/sft/seed-1: skipped (done)\n"
 
 
+def test_a_stage_refuses_to_start_while_another_process_holds_its_run_directory(config, capsys):
+    """A plain `sbatch jobs/*.sbatch` (which runs `empo stage`) beside `empo submit`: the second
+    process on a stage exits 2 naming the holder, and writes nothing into the run."""
+    cfg = load_config(config)
+    stage = build_graph(cfg).stages["mmlu/baseline/seed-1"]
+    stage.directory.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from empo.results.store import stage_lock\n"
+        f"with stage_lock({str(stage.directory)!r}, 'mmlu', 'x'):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in stage.directory.iterdir())
+        assert main(["stage", "mmlu", str(config), "--variant", "baseline", "--seed", "1"]) == 2
+        message = error_of(capsys)
+        assert "stage mmlu/baseline/seed-1: already running" in message
+        assert f"pid {holder.pid}" in message and "nothing done" in message
+        assert sorted(p.name for p in stage.directory.iterdir()) == before
+        assert not (stage.directory / "stage.json").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
 def test_status_and_cancel_need_a_results_directory(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 2
     assert "no experiment.yaml" in error_of(capsys)
