@@ -152,7 +152,9 @@ def _lm_eval(cfg: ExperimentConfig, asset: Asset) -> Row:
     try:
         from lm_eval.tasks import TaskManager
 
-        manager = TaskManager(include_path=include)
+        manager = TaskManager(include_path=include, include_defaults=False) if include else None
+        if manager is None or not all(t in manager.all_tasks for t in tasks):
+            manager = TaskManager(include_path=include)  # lm-eval's own tasks: seconds to index
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             return Row(asset.key, asset.value, None, "-", "missing",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
 TABLE1 = PROJECT_ROOT / "configs" / "experiments" / "table1.yaml"
 LOCAL_PROFILE = PROJECT_ROOT / "configs" / "cluster" / "local.yaml"
+
+
+RUN = uuid.uuid4().hex[:6]  # job names unique to this session (accounting keeps older runs)
 
 
 def smoke_args(results: Path, *more: str) -> list[str]:
@@ -46,7 +50,7 @@ def test_every_preflight_failure_kind_is_caught_before_anything_is_queued(slurm_
     subprocess.run(["scontrol", "update", "partitionname=batch", "maxtime=30"], check=True,
                    timeout=30)
     try:
-        args = smoke_args(tmp_path / "results", "name=pf-kinds", "cluster.partition=batch",
+        args = smoke_args(tmp_path / "results", f"name=pf-kinds-{RUN}", "cluster.partition=batch",
                           "cluster.account=no-such-account", "cluster.qos=no-such-qos",
                           "cluster.gpus_per_node=8", "cluster.nodes=2", "cluster.time.sft=60",
                           "cluster.gpu_memory_gb=1", f"eval.bertscore.model={tmp_path}/none")
@@ -60,24 +64,24 @@ def test_every_preflight_failure_kind_is_caught_before_anything_is_queued(slurm_
                           "cluster.gpu_memory_gb"}, found
     assert "MaxTime" in found["cluster.time"] and "have 2 (gres/gpu)" in found["cluster.gpus_per_node"]
     assert "`empo plan`" in found["cluster.gpu_memory_gb"]
-    assert main(["submit", *smoke_args(tmp_path / "results", "name=pf-kinds",
+    assert main(["submit", *smoke_args(tmp_path / "results", f"name=pf-kinds-{RUN}",
                                        "cluster.partition=nowhere")]) == 2
     assert "partition nowhere does not exist — use one of: debug, batch" in \
         problems(capsys)["cluster.partition"]
-    assert queue_is_empty_of("pf-kinds:")
-    assert not (tmp_path / "results" / "pf-kinds").exists()
+    assert queue_is_empty_of(f"pf-kinds-{RUN}:")
+    assert not (tmp_path / "results" / f"pf-kinds-{RUN}").exists()
 
 
 def test_table1_with_its_assets_missing_lists_every_one_and_queues_nothing(slurm_cluster, tmp_path,
                                                                           capsys):
-    args = [str(TABLE1), f"results_dir={tmp_path}", "cluster.partition=debug",
+    args = [str(TABLE1), f"results_dir={tmp_path}", "cluster.partition=debug", f"name=t1-{RUN}",
             f"cluster.hf_home={tmp_path / 'empty-cache'}"]
     assert main(["submit", *args]) == 2
     found = problems(capsys)
     assert set(found) == {"model.name_or_path", "data.source", "eval.epitome.checkpoints",
                           "eval.epitome.encoder", "eval.bertscore.model", "eval.mmlu.tasks"}, found
     assert "cais/mmlu" in found["eval.mmlu.tasks"]
-    assert queue_is_empty_of("table1:")
+    assert queue_is_empty_of(f"t1-{RUN}:")
 
 
 def _sbatch_lines(text: str, folder: str) -> list[str]:
@@ -87,19 +91,19 @@ def _sbatch_lines(text: str, folder: str) -> list[str]:
 
 
 def test_dry_run_scripts_are_what_the_jobs_get(slurm_cluster, tmp_path, capsys):
-    args = smoke_args(tmp_path / "results", "name=pf-dry")
+    args = smoke_args(tmp_path / "results", f"name=pf-dry-{RUN}")
     assert main(["submit", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
     assert f"on {slurm_cluster.node}" in out  # sbatch --test-only's expected start
-    dry = tmp_path / "results" / "pf-dry" / "dry-run"
+    dry = tmp_path / "results" / f"pf-dry-{RUN}" / "dry-run"
     scripts = sorted(dry.glob("*.sbatch"))
-    assert len(scripts) == 7 and queue_is_empty_of("pf-dry:")
-    assert not (tmp_path / "results" / "pf-dry" / "manifest.json").exists()
+    assert len(scripts) == 7 and queue_is_empty_of(f"pf-dry-{RUN}:")
+    assert not (tmp_path / "results" / f"pf-dry-{RUN}" / "manifest.json").exists()
 
     assert main(["submit", *args]) == 0
     capsys.readouterr()
     try:
-        manifest = read_manifest(tmp_path / "results" / "pf-dry")
+        manifest = read_manifest(tmp_path / "results" / f"pf-dry-{RUN}")
         by_name = {}
         for job in manifest["jobs"].values():
             job_id = job.get("array_id") or job["job_id"]
@@ -115,7 +119,7 @@ def test_dry_run_scripts_are_what_the_jobs_get(slurm_cluster, tmp_path, capsys):
             name = next(line for line in want if "--job-name" in line)
             assert got[name] == want, script.name
     finally:
-        main(["cancel", str(tmp_path / "results" / "pf-dry")])
+        main(["cancel", str(tmp_path / "results" / f"pf-dry-{RUN}")])
         capsys.readouterr()
 
 
@@ -127,16 +131,16 @@ def test_a_table1_shaped_graph_runs_with_the_requests_of_a_2xA100_node(slurm_clu
     if "gpu:2" not in subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True,
                                      timeout=30).stdout:
         pytest.skip("the cluster declares no gres/gpu:2 (SLURM_CLUSTER_GPUS=0)")
-    args = smoke_args(tmp_path / "results", "name=gpu-shaped", "cluster.gpus_per_node=2",
+    args = smoke_args(tmp_path / "results", f"name=gpu-shaped-{RUN}", "cluster.gpus_per_node=2",
                       "cluster.mem_gb=8", "seeds=[1]", "sft.deepspeed=zero2", "dpo.deepspeed=zero2",
                       "dpo.num_train_epochs=1", "eval.metrics=[bertscore]")
     assert main(["run", *args, "--executor", "slurm"]) == 0
     assert "| SFT+DPO | 1 |" in capsys.readouterr().out
-    manifest = read_manifest(tmp_path / "results" / "gpu-shaped")
+    manifest = read_manifest(tmp_path / "results" / f"gpu-shaped-{RUN}")
     ids = {key.split("/")[0]: job["job_id"] for key, job in manifest["jobs"].items()}
     for kind, tres in (("sft", "gres/gpu=2"), ("dpo", "gres/gpu=2"), ("generate", "gres/gpu=1")):
         got = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "AllocTRES,NTasks", "-j",
                               ids[kind]], capture_output=True, text=True, timeout=30).stdout
         assert tres in got, (kind, got)
-    log = (tmp_path / "results" / "gpu-shaped" / "runs" / "sft" / "seed-1")
+    log = (tmp_path / "results" / f"gpu-shaped-{RUN}" / "runs" / "sft" / "seed-1")
     assert log.is_dir()
