@@ -272,9 +272,16 @@ class ClusterConfig:
 
 @dataclass
 class SweepConfig:
-    """Grid over dotted keys; each point becomes one variant per entry of `variants`."""
+    """Grid over dotted keys; each point becomes one variant per entry of `variants`.
+
+    grid: dotted key -> values; the cartesian product of the lists.
+    zip: dotted key -> values, lists of equal length taken position by position (point i sets
+      every key to its i-th value: `lora.r` with `lora.lora_alpha` = r/4); combined with `grid`
+      as the product of zipped points and grid points. A key may not be in both.
+    """
 
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    zip: dict[str, list[Any]] = field(default_factory=dict)
     variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"])
 
 
@@ -486,8 +493,17 @@ def _validate(cfg: ExperimentConfig) -> None:
     for ok, key, value, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {value!r} {why}")
-    for key in cfg.sweep.grid:
+    for key in [*cfg.sweep.grid, *cfg.sweep.zip]:
         _check_dotted_key(key)
+    both = [key for key in cfg.sweep.zip if key in cfg.sweep.grid]
+    if both:
+        raise ConfigError(f"sweep: {', '.join(both)} in both sweep.grid and sweep.zip "
+                          "(a key is either zipped or a grid axis)")
+    lengths = {key: len(values) for key, values in cfg.sweep.zip.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError("sweep.zip: the value lists must have equal lengths (point i takes "
+                          "the i-th value of each), got "
+                          + ", ".join(f"{key}: {n}" for key, n in lengths.items()))
 
 
 def _check_dotted_key(key: str) -> None:

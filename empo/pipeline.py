@@ -248,7 +248,7 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
     """baseline, sft, sft_dpo; with a sweep: baseline + the sweep points (+ the SFT runs the DPO
     points start from, named like the SFT point of the same SFT-relevant overrides)."""
     out = [Variant("baseline", "baseline", cfg)]
-    if not cfg.sweep.grid:
+    if not (cfg.sweep.grid or cfg.sweep.zip):
         return out + [Variant("sft", "sft", cfg), Variant("sft_dpo", "sft_dpo", cfg, sft="sft")]
     from empo.results.sweep import expand_sweep, point_name
 

@@ -1,7 +1,7 @@
 """The paper's figures from a run store: PNGs under plots/, each with its data as a CSV beside it.
 
 fig1: MMLU vs LoRA α (sweep over `lora.lora_alpha`); fig2: diff-EPITOME (ER, EX, IP) vs LoRA r on
-a log2 axis (sweep over `lora.r`); fig3: mean, min–max spread and per-seed points of the average
+a log2 axis (sweep over `lora.r`, α zipped with it or fixed); fig3: mean, min–max spread and per-seed points of the average
 diff-EPITOME vs DPO β (sweep over `dpo.beta`); train_<variant>: loss (and DPO rewards/margins,
 rewards/accuracies) per seed from train_log.jsonl. A point's x value comes from the resolved config
 (experiment.yaml) through `expand_sweep`, never from a variant's name. Figures without data are
@@ -90,17 +90,28 @@ def _save(fig: Any, png: Path, csv_files: dict[Path, str]) -> list[Path]:
 
 def series_of(points: Sequence[SweepPoint], key: str) -> dict[str, list[tuple[Any, SweepPoint]]]:
     """Sweep points varying `key`, grouped into lines: one per variant and value of the other
-    swept keys; each line's (x, point) sorted by x."""
+    swept keys; keys zipped with `key` move along the line (named in the label with their first
+    and last value, `lora.lora_alpha=4…512`). Each line's (x, point) sorted by x."""
     lines: dict[str, list[tuple[Any, SweepPoint]]] = {}
+    along: dict[str, list[str]] = {}
     for point in points:
         if key not in point.overrides:
             continue
+        tied = point.zipped if key in point.zipped else ()
         label = VARIANT_LABELS.get(point.variant, point.variant)
-        others = [f"{k}={format_value(v)}" for k, v in point.overrides.items() if k != key]
+        others = [f"{k}={format_value(v)}" for k, v in point.overrides.items()
+                  if k != key and k not in tied]
         if others:
             label += " (" + ", ".join(others) + ")"
         lines.setdefault(label, []).append((point.overrides[key], point))
-    return {label: sorted(line, key=lambda item: item[0]) for label, line in lines.items()}
+        along[label] = [k for k in tied if k != key]
+    out = {}
+    for label, line in lines.items():
+        line.sort(key=lambda item: item[0])
+        ends = [f"{k}={format_value(line[0][1].overrides[k])}…"
+                f"{format_value(line[-1][1].overrides[k])}" for k in along[label]]
+        out[label + (f" [{', '.join(ends)}]" if ends else "")] = line
+    return out
 
 
 def sweep_table(points: Sequence[SweepPoint], runs: Runs, key: str,

@@ -106,6 +106,27 @@ def test_the_x_value_comes_from_the_config_not_the_name(sweep_store, make_config
     assert [r["lora.r"] for r in read_csv(png.with_suffix(".csv"))][::3] == ["16", "32"]
 
 
+def test_fig2_over_zipped_rank_and_alpha_is_one_line_with_r_on_the_x_axis(
+        make_config, write_store):
+    ranks, alphas = [16, 256, 2048], [4, 64, 512]
+    cfg = make_config(seeds=[1, 2], eval={"metrics": ["epitome"]},
+                      sweep={"zip": {"lora.r": ranks, "lora.lora_alpha": alphas},
+                             "variants": ["sft"]})
+    runs = {f"sft@lora.r={r},lora.lora_alpha={a}": {s: metrics_for(s, float(r)) for s in (1, 2)}
+            for r, a in zip(ranks, alphas)}
+    store = write_store(cfg.experiment_dir, runs, cfg)
+    pngs = plot(store)
+    fig2 = store / "plots" / "fig2_diff_epitome_vs_lora_r.png"
+    assert fig2 in pngs and png_shape(fig2) == (*PANEL, 4)
+    rows = read_csv(fig2.with_suffix(".csv"))
+    assert {r["series"] for r in rows} == {"SFT [lora.lora_alpha=4…512]"}   # one line, not three
+    assert [r["lora.r"] for r in rows][::3] == ["16", "256", "2048"]
+    assert [r["variant"] for r in rows][::3] == list(runs)
+    fig1 = read_csv(store / "plots" / "fig1_mmlu_vs_lora_alpha.csv")   # α moves with r there
+    assert [r["lora.lora_alpha"] for r in fig1] == ["4", "64", "512"]
+    assert {r["series"] for r in fig1} == {"SFT [lora.r=16…2048]"}
+
+
 def write_log(run: Path, rows: list[dict], tail: str = "") -> None:
     (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
 
