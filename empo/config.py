@@ -104,6 +104,10 @@ class TrainConfig:
     max_grad_norm: gradient clipping norm (paper: silent; transformers' default 1.0).
     system_prompt: system message of this stage's prompts; None = `data.system_prompt`, "" = none.
     trainer_args: any other trl config field, passed verbatim and checked against trl at stage start.
+    report_to: trl/transformers tracking integrations (tensorboard, wandb, mlflow, ...); [] = none.
+      TensorBoard writes to <run dir>/tensorboard/<stage> (evaluation metrics to .../eval); W&B
+      on nodes without internet: WANDB_MODE=offline, then `wandb sync`. Run name:
+      <experiment>/<variant>/seed-<s>. Not part of any fingerprint.
     """
 
     learning_rate: float = 1e-5
@@ -124,6 +128,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     system_prompt: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # (`global_batch_size` stays in: it is the optimisation's batch; its split into per-device x
 # accumulation x world size is placement.)
 CADENCE = ("logging_steps", "save_steps", "save_total_limit", "per_device_train_batch_size",
-           "gradient_checkpointing", "deepspeed")
+           "gradient_checkpointing", "deepspeed", "report_to")
 NOT_TRAINING_DATA = ("data.eval_split", "data.max_eval_examples")
 SHARED_FILE = "shared_from.json"
 # What a baseline share copies (those present): the eval outputs of a run directory.

@@ -174,8 +174,8 @@ def trainer_kwargs(
         save_total_limit=section.save_total_limit,
         deepspeed=load_deepspeed_config(cfg, stage),
         use_cpu=not _cuda_available(),
-        report_to="none",
         disable_tqdm=not is_rank_zero(),
+        **tracking_args(cfg, stage, out_dir, section.report_to),
     )
     section_fields = {f.name for f in dataclasses.fields(section)}
     for key, value in section.trainer_args.items():
@@ -190,6 +190,19 @@ def trainer_kwargs(
             raise TrainError(f"{where}: not a {config_cls.__name__} field{hint}")
         kwargs[key] = value
     return kwargs
+
+
+def tracking_args(cfg: "ExperimentConfig", stage: str, out_dir: Path,
+                  report_to: list[str]) -> dict[str, Any]:
+    """report_to and run_name (<experiment>/<variant>/seed-<s>); TensorBoard writes to
+    <run dir>/tensorboard/<stage> (checkpoints/, trl's default place, is removed once DONE)."""
+    if not report_to or report_to == ["none"]:
+        return {"report_to": "none"}
+    if "tensorboard" in report_to or "all" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir) / "tensorboard" / stage)
+    run_dir = Path(out_dir)
+    return {"report_to": list(report_to),
+            "run_name": f"{cfg.name}/{run_dir.parent.name}/{run_dir.name}"}
 
 
 def make_trainer_config(config_cls: type, kwargs: dict[str, Any], stage: str) -> Any:
