@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,23 +141,29 @@ class Stage:
             self._set_aside_superseded()
             self._set_aside_invalid()
             self.write_record("running")
+            started = time.monotonic()
             result = self._call()
             if self.kind == "aggregate":
                 atomic_write_text(marker(self.directory, "aggregate"),
                                   _runs_text(self.directory, self.runs))
-            self.write_record("done")
+            self.write_record("done", seconds=round(time.monotonic() - started, 3))
+            if stage_kind(self.kind).metrics:
+                from empo.tracking import log_eval_metrics
+
+                log_eval_metrics(self.config, self.directory, stage_kind(self.kind).metrics)
             return result
 
     def _call(self) -> Any:
         log.info("stage %s: start (%s)", self.key, self.directory)
         return stage_kind(self.kind).run(self)
 
-    def write_record(self, state: str) -> None:
+    def write_record(self, state: str, **extra: Any) -> None:
+        """`extra`: e.g. the seconds the stage ran (its share of its job's cost)."""
         if not self.fingerprint:
             return
         merge_json(self.directory / STAGE_RECORD, {self.kind: {
             "fingerprint": self.fingerprint, "state": state, "fields": self.fields,
-            "deps": dict(self.upstream)}})
+            "deps": dict(self.upstream), **extra}})
 
     def _set_aside_superseded(self) -> None:
         """Move this stage's outputs of an earlier fingerprint to `<name>.<old fingerprint>`."""
@@ -408,9 +414,15 @@ class StageCall:
         self.stages = tuple(stages)
 
     def __call__(self) -> dict[str, str]:
-        if not logging.getLogger().handlers:  # a job process: stage logs go to the job's stderr
-            logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from empo.joblog import finish_streams, start_job_logging
+
+        start_job_logging(self.stages)  # header, plain progress lines, each warning once
+        try:
+            return self._run_stages()
+        finally:
+            finish_streams()
+
+    def _run_stages(self) -> dict[str, str]:
         if any(stage.kind in TRAINING for stage in self.stages):
             export_distributed_env()
         outcome: dict[str, str] = {}

@@ -2,7 +2,8 @@
 
     empo run CONFIG [KEY=VALUE...] [--executor local|debug|slurm] [--force-new]
     empo submit CONFIG [KEY=VALUE...] [--force-new]
-    empo status RESULTS_DIR [--json]
+    empo status RESULTS_DIR [--json] [--watch [SECONDS]]
+    empo logs RESULTS_DIR STAGE [--err] [-f]
     empo cancel RESULTS_DIR
     empo stage STAGE CONFIG [KEY=VALUE...] --variant V --seed S
 """
@@ -50,10 +51,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--force-new", action="store_true", help=FORCE_NEW_HELP)
     submit.set_defaults(handler=_submit)
 
-    status = sub.add_parser("status", help="done/running/pending/failed per stage, job ids, logs")
+    status = sub.add_parser("status", help="per stage: state, job, elapsed, node, the SLURM "
+                            "reason or exception, the stage at fault, log, GPU-/CPU-hours "
+                            "(also written to results/<name>/cost.csv)")
     status.add_argument("results_dir", type=Path, help="results/<experiment>")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--watch", type=float, nargs="?", const=10.0, default=None,
+                        metavar="SECONDS", help="refresh every SECONDS (default 10) until no "
+                        "stage is pending or running (Ctrl-C stops)")
     status.set_defaults(handler=_status)
+
+    logs = sub.add_parser("logs", help="print the log of a stage's current job")
+    logs.add_argument("results_dir", type=Path, help="results/<experiment>")
+    logs.add_argument("stage", help="a stage key as `empo status` lists it (sft/sft/seed-1, "
+                      "aggregate) or the start of one")
+    logs.add_argument("--err", action="store_true", help="the job's stderr (stage logs, "
+                      "tracebacks) instead of its stdout")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing while the job is pending or running")
+    logs.set_defaults(handler=_logs)
 
     cancel = sub.add_parser("cancel", help="cancel every unfinished job of an experiment")
     cancel.add_argument("results_dir", type=Path, help="results/<experiment>")
@@ -78,7 +94,11 @@ def _run(args: argparse.Namespace) -> int:
                              preflight=not args.no_preflight)
     if outcome.moved_aside:
         print(f"empo: moved the old results aside to {outcome.moved_aside}", file=sys.stderr)
-    _print_table(cfg.experiment_dir)
+    if (cfg.experiment_dir / "table.md").exists():
+        sys.stderr.flush()
+        print()  # the table starts on its own line, under the live status table
+        _print_table(cfg.experiment_dir)
+        _print_paths(cfg.experiment_dir, outcome.cost)
     if outcome.failed:
         lines = [f"  {s.key}: {s.state}" + (f" ({s.reason})" if s.reason else "")
                  + (f"\n    log: {s.log}" if s.state == "failed" and s.log else "")
@@ -93,6 +113,16 @@ def _print_table(experiment_dir: Path) -> None:
     if table.exists():
         sys.stdout.write(table.read_text())
         sys.stdout.flush()
+
+
+def _print_paths(experiment_dir: Path, cost: Path | None) -> None:
+    """Where the results are: table.csv, cost.csv, the plots."""
+    table = experiment_dir / "table.csv"
+    plots = sorted((experiment_dir / "plots").glob("*.png"))
+    lines = ([f"table: {table}"] if table.exists() else []) + \
+        ([f"cost:  {cost}"] if cost else []) + [f"plot:  {p}" for p in plots]
+    if lines:
+        print("\n" + "\n".join(lines))
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -143,15 +173,36 @@ def _experiment(results_dir: Path):
 
 
 def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from empo.launch.cost import experiment_cost
     from empo.launch.manifest import read_manifest
-    from empo.launch.status import console, experiment_status, render, summary
+    from empo.launch.status import console, experiment_report, render, summary
+
+    if args.watch is not None and not 0.5 <= args.watch <= 86400:
+        raise LaunchError(f"--watch {args.watch:g}: refresh interval must be 0.5..86400 seconds")
+    cfg, graph = _experiment(args.results_dir)
+    while True:
+        statuses, details = experiment_report(graph, read_manifest(cfg.experiment_dir))
+        experiment_cost(graph, statuses, details)
+        if args.json:
+            print(json.dumps([s.to_dict() for s in statuses], indent=2), flush=True)
+        else:
+            if args.watch is not None and sys.stdout.isatty():
+                print("\033[2J\033[H", end="")  # clear the terminal between refreshes
+            console().print(render(statuses, title=f"{cfg.name}: {summary(statuses)}"))
+        if args.watch is None or not any(s.state in ("running", "pending") for s in statuses):
+            return 0
+        time.sleep(args.watch)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from empo.launch.logs import show_log
+    from empo.launch.manifest import read_manifest
 
     cfg, graph = _experiment(args.results_dir)
-    statuses = experiment_status(graph, read_manifest(cfg.experiment_dir))
-    if args.json:
-        print(json.dumps([s.to_dict() for s in statuses], indent=2))
-    else:
-        console().print(render(statuses, title=f"{cfg.name}: {summary(statuses)}"))
+    show_log(graph, read_manifest(cfg.experiment_dir), args.stage, err=args.err,
+             follow=args.follow)
     return 0
 
 

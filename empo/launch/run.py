@@ -24,6 +24,7 @@ from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import (check_launch, clean_submission_env, job_environment, job_resources,
                          make_executor)
+from empo.launch.accounting import JobInfo, this_host
 from empo.launch.experiment import reruns, write_experiment
 from empo.launch.manifest import read_manifest, record_jobs, update_job
 from empo.launch.plan import Unit, plan_units
@@ -43,6 +44,7 @@ class Outcome:
     statuses: list[StageStatus]
     table: Path | None = None
     moved_aside: Path | None = None
+    cost: Path | None = None        # cost.csv (launch/cost.py)
 
     @property
     def failed(self) -> list[StageStatus]:
@@ -120,6 +122,8 @@ class _Job:
     reason: str = ""
     log: str | None = None
     gpus: tuple[int, ...] = ()      # the GPUs it holds while running (local executor)
+    cpus: int = 0                   # the cores it was given
+    took: float | None = None       # seconds it ran, once ended
 
 
 def run_local(cfg: ExperimentConfig, graph: Graph, executor: str, parallel: int | None = None,
@@ -174,7 +178,8 @@ def _stop_started(cfg: ExperimentConfig, jobs: dict[str, _Job], executor: str) -
     for job in jobs.values():
         if job.state == "running" and executor == "local":
             stop_process_tree(int(job.job.job_id), grace_s=5.0)
-            update_job(cfg, [s.key for s in job.unit.stages], state="CANCELLED")
+            update_job(cfg, [s.key for s in job.unit.stages], state="CANCELLED",
+                       elapsed_s=round(time.time() - job.started, 3))
 
 
 def local_gpus(gpus_per_node: int) -> list[int]:
@@ -210,8 +215,11 @@ def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
             job.job = ex.submit(stage_call(job.unit.stages))
         job.state, job.started, running = "running", time.time(), running + 1
         job.log = str(job.job.paths.stderr)
-        record_jobs(cfg, executor, folder,
-                    {s.key: entry(job.job, job.unit, executor, folder, None) for s in job.unit.stages})
+        job.cpus = resources.cpus_per_task * resources.tasks_per_node
+        facts = {"host": this_host(), "cpus": job.cpus, "gpus": len(job.gpus)}  # for the cost
+        record_jobs(cfg, executor, folder, {s.key: {**entry(job.job, job.unit, executor, folder,
+                                                             None), **facts}
+                                            for s in job.unit.stages})
         say(f"[cyan]start[/] {job.unit.key} (job {job.job.job_id})", highlight=False)
 
 
@@ -248,15 +256,15 @@ def _collect(cfg, jobs, gpus, say) -> None:
             error = err
         gpus.extend(job.gpus)
         job.gpus = ()
-        took = time.time() - job.started
+        took = job.took = time.time() - job.started
         keys = [s.key for s in job.unit.stages]
         if error is None:
             job.state = "done"
-            update_job(cfg, keys, state="COMPLETED")
+            update_job(cfg, keys, state="COMPLETED", elapsed_s=round(took, 3))
             say(f"[green]done[/]  {job.unit.key} in {took:.0f} s", highlight=False)
         else:
             job.state, job.reason = "failed", _last_line(str(error))
-            update_job(cfg, keys, state="FAILED")
+            update_job(cfg, keys, state="FAILED", elapsed_s=round(took, 3))
             say(f"[bold red]FAILED[/] {job.unit.key} after {took:.0f} s: {job.reason}\n"
                 f"       log: {job.log}", highlight=False)
 
@@ -278,17 +286,22 @@ def _local_statuses(graph: Graph, jobs: dict[str, _Job]) -> list[StageStatus]:
     (`status.stage_statuses`): a job not started yet is PENDING, one never to start has none."""
     entries: dict[str, dict[str, Any]] = {}
     states: dict[str, str] = {}
+    details: dict[str, JobInfo] = {}
     for job in jobs.values():
         if job.state not in _LOCAL_STATES:
             continue
         job_id = (str(job.job.job_id) if job.job is not None else
                   str(job.pid) if job.pid else f"local:{job.unit.key}")
         states[job_id] = _LOCAL_STATES[job.state]
+        if job.job is not None:
+            elapsed = job.took if job.took is not None else time.time() - job.started
+            details[job_id] = JobInfo(job_id, states[job_id], elapsed, this_host(),
+                                      cpus=job.cpus, gpus=len(job.gpus), source="local")
         for stage in job.unit.stages:
             entries[stage.key] = {"job_id": job_id, "stderr": job.log, "error": job.reason,
                                   "note": "started by an earlier empo run; waiting for it"
                                   if job.state == "elsewhere" else ""}
-    return stage_statuses(graph, entries, states)
+    return stage_statuses(graph, entries, states, details)
 
 
 # ----------------------------------------------------------------------------- slurm
@@ -343,7 +356,16 @@ def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False
         else:
             statuses = run_local(cfg, graph, executor, parallel=parallel, console=console)
     table = cfg.experiment_dir / "table.csv"
-    return Outcome(graph, statuses, table if table.exists() else None, moved)
+    return Outcome(graph, statuses, table if table.exists() else None, moved, write_costs(graph))
+
+
+def write_costs(graph: Graph) -> Path | None:
+    """cost.csv and table.md's footer from what the jobs recorded (sacct / local timings)."""
+    from empo.launch.cost import experiment_cost
+    from empo.launch.status import experiment_report
+
+    statuses, details = experiment_report(graph, read_manifest(graph.experiment_dir))
+    return experiment_cost(graph, statuses, details)
 
 
 def submit_experiment(cfg: ExperimentConfig, force_new: bool = False, preflight: bool = True

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.errors import LaunchError
+from empo.launch.accounting import JobInfo, exception_line, job_info
 from empo.pipeline import Graph
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -36,6 +37,14 @@ class StageStatus:
     log: str | None = None
     reason: str = ""
     blocked_by: str | None = None   # the failed stage that keeps this one from running
+    slurm_state: str = ""           # the job's own state (OUT_OF_MEMORY, TIMEOUT, PREEMPTED, ...)
+    exit_code: str = ""             # SLURM's code:signal
+    error: str = ""                 # a failed stage: the last line of its exception (job log)
+    elapsed_s: float | None = None  # the job's run time (all attempts)
+    nodes: str = ""
+    requeues: int = 0
+    gpu_hours: float | None = None  # this stage's share of its job's GPU-hours (launch/cost.py)
+    cpu_hours: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -47,10 +56,36 @@ def normalize(state: str | None) -> str:
 
 
 def stage_statuses(graph: Graph, jobs: dict[str, dict[str, Any]],
-                   job_states: dict[str, str]) -> list[StageStatus]:
+                   job_states: dict[str, str],
+                   details: dict[str, JobInfo] | None = None) -> list[StageStatus]:
     """Pure, the one derivation of stage status (used by `empo status` and `empo run`): each
     stage's state from its marker and outputs, its job entry (`job_id`, `stderr`, optional
-    `error`) and its job's state (SLURM names)."""
+    `error`: the exception's last line) and its job's state (SLURM names); `details` (by job id:
+    elapsed, nodes, requeues, exit code, pending reason) fill the rest of the row."""
+    out = _statuses(graph, jobs, job_states, details or {})
+    return [_with_details(s, (details or {}).get(s.job_id or ""), jobs.get(s.key) or {},
+                          normalize(job_states.get(s.job_id or "")))
+            for s in out.values()]
+
+
+def _with_details(status: StageStatus, info: JobInfo | None, entry: dict[str, Any],
+                  state: str) -> StageStatus:
+    """The row's job facts; the SLURM reason where it explains the state (pending: why; failed:
+    the state and exit code beside the exception line)."""
+    status.slurm_state = state
+    if status.state in ("failed", "cancelled") and entry.get("error"):
+        status.error = str(entry["error"])
+    if info is None:
+        return status
+    status.elapsed_s, status.nodes, status.requeues = info.elapsed_s, info.nodes, info.requeues
+    status.exit_code = info.exit_code if state not in RUNNING | WAITING else ""
+    if status.state == "pending" and info.reason and not status.blocked_by:
+        status.reason = "; ".join(filter(None, [status.reason, f"SLURM: {info.reason}"]))
+    return status
+
+
+def _statuses(graph: Graph, jobs: dict[str, dict[str, Any]], job_states: dict[str, str],
+              details: dict[str, JobInfo]) -> dict[str, StageStatus]:
     out: dict[str, StageStatus] = {}
     for stage in graph:
         entry = jobs.get(stage.key) or {}
@@ -83,15 +118,18 @@ def stage_statuses(graph: Graph, jobs: dict[str, dict[str, Any]],
         elif root and any(d in same_job for d in _ancestors(stage.deps, graph)):
             status = StageStatus(stage.key, "not-run", job_id, log, blocked)
         elif state in FAILED:
+            info = details.get(job_id)
+            code = f" (exit {info.exit_code})" if info and info.exit_code not in ("", "0:0") else ""
+            error = entry.get("error") or ""
             status = StageStatus(stage.key, "failed", job_id, log,
-                                 entry.get("error") or f"job {job_id} {state}")
+                                 f"job {job_id} {state}{code}" + (f": {error}" if error else ""))
         else:  # COMPLETED (or unknown to us) without the marker
             names = ", ".join(p.name for p in stage.markers())
             status = StageStatus(stage.key, "failed", job_id, log,
                                  f"job {job_id} {state or 'ended'} without writing {names}")
         status.blocked_by = root if status.state not in ("failed", "cancelled") or root else None
         out[stage.key] = status
-    return list(out.values())
+    return out
 
 
 def _ancestors(deps: tuple[str, ...], graph: Graph) -> set[str]:
@@ -169,8 +207,22 @@ def job_states(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def experiment_status(graph: Graph, manifest: dict[str, Any]) -> list[StageStatus]:
+    return experiment_report(graph, manifest)[0]
+
+
+def experiment_report(graph: Graph, manifest: dict[str, Any]
+                      ) -> tuple[list[StageStatus], dict[str, JobInfo]]:
+    """Every stage's status from the run store, the manifest and what SLURM (sacct, squeue) or
+    the local driver recorded, and those job facts by job id; a failed job's exception line is
+    read from its stderr log (as text)."""
     jobs = manifest.get("jobs", {})
-    return stage_statuses(graph, jobs, job_states(jobs))
+    states = job_states(jobs)
+    details = job_info(jobs, states)
+    ended = FAILED | {"CANCELLED", "COMPLETED"}
+    jobs = {key: ({**entry, "error": entry.get("error") or exception_line(entry.get("stderr"))}
+                  if normalize(states.get(entry.get("job_id", ""))) in ended else entry)
+            for key, entry in jobs.items()}
+    return stage_statuses(graph, jobs, states, details), details
 
 
 # ----------------------------------------------------------------------------- cancel
@@ -290,18 +342,41 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> bool:
 # ----------------------------------------------------------------------------- rendering
 
 def render(statuses: list[StageStatus], title: str | None = None) -> Any:
-    """A rich Table of stage statuses (the log path where there is something to read)."""
+    """A rich Table of stage statuses: elapsed (and requeues), node, the reason, the log path
+    where there is something to read, and GPU-/CPU-hours with a total when costs are known."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", expand=False)
-    for column in ("stage", "state", "job", "reason", "log"):
-        table.add_column(column, overflow="fold")
+    costed = any(s.gpu_hours is not None for s in statuses)
+    table = Table(title=title, title_justify="left", expand=False, show_footer=costed)
+    gpu = sum(s.gpu_hours or 0.0 for s in statuses)
+    cpu = sum(s.cpu_hours or 0.0 for s in statuses)
+    columns = ["stage", "state", "job", "elapsed", "node", "reason", "log"]
+    footers = {"stage": "total", "GPU-h": f"{gpu:.2f}", "CPU-h": f"{cpu:.2f}"}
+    for column in columns + (["GPU-h", "CPU-h"] if costed else []):
+        table.add_column(column, footer=footers.get(column, ""), overflow="fold",
+                         justify="right" if column.endswith("-h") else "left")
     for status in statuses:
         style = STATE_STYLES.get(status.state, "")
         log = status.log if status.state in ("failed", "running") and status.log else ""
-        table.add_row(status.key, f"[{style}]{status.state}[/]", status.job_id or "-",
-                      status.reason, log)
+        row = [status.key, f"[{style}]{status.state}[/]", status.job_id or "-",
+               elapsed_text(status), status.nodes, status.reason, log]
+        if costed:
+            row += [_hours(status.gpu_hours), _hours(status.cpu_hours)]
+        table.add_row(*row)
     return table
+
+
+def _hours(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def elapsed_text(status: StageStatus) -> str:
+    """'1:02:03', '0:00:42 (requeued 2x)', '' when the job never ran."""
+    if status.elapsed_s is None:
+        return ""
+    seconds = int(round(status.elapsed_s))
+    text = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return text + (f" (requeued {status.requeues}x)" if status.requeues else "")
 
 
 def console(stderr: bool = False) -> Any:

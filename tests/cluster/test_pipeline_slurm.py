@@ -25,7 +25,7 @@ from empo.launch.status import experiment_status
 from empo.launch.experiment import write_experiment
 from empo.pipeline import build_graph, export_distributed_env, stage_call
 from empo.results.store import is_done, mark_done, run_dir
-from fakes import fake_training
+from fakes import fake_training, finish_training_and_mmlu
 
 pytestmark = [pytest.mark.slurm]
 
@@ -234,14 +234,7 @@ def evaluated_store(tmp_path: Path, *more: str):
     left is the baseline share and the aggregate (seconds, no model)."""
     args = smoke_args(tmp_path / "results", "eval.metrics=[mmlu]", *more)
     cfg = load_config(args[0], args[1:])
-    for stage in build_graph(cfg):
-        if stage.kind in ("sft", "dpo", "mmlu"):
-            stage.directory.mkdir(parents=True, exist_ok=True)
-            if stage.kind == "mmlu":
-                (stage.directory / "metrics.json").write_text(json.dumps({"mmlu": 0.1 * stage.seed}))
-                mark_done(stage.directory, "mmlu")
-            else:
-                fake_training(stage.directory)
+    finish_training_and_mmlu(build_graph(cfg))
     return args, cfg
 
 

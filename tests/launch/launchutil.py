@@ -62,3 +62,15 @@ def finish_all_but(graph, keep: set[str], value_of=lambda stage: 0.0) -> None:
 
 def experiment_run(cfg: ExperimentConfig, variant: str, seed: int) -> Path:
     return run_dir(cfg.experiment_dir, variant, seed)
+
+
+def manifest_jobs(graph) -> dict[str, dict[str, Any]]:
+    """A manifest's jobs as a submission writes them: each unit's stages share its job id."""
+    from empo.launch.plan import plan_units
+
+    jobs = {}
+    for number, unit in enumerate(plan_units(graph), start=1):
+        for stage in unit.stages:
+            jobs[stage.key] = {"job_id": str(number), "executor": "slurm", "unit": unit.key,
+                               "stderr": f"/jobs/{number}_0_log.err"}
+    return jobs

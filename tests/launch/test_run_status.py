@@ -2,21 +2,10 @@
 a failed stage's dependants say why they never ran."""
 from __future__ import annotations
 
-from launchutil import finish_stage
+from launchutil import finish_stage, manifest_jobs
 
-from empo.launch.plan import plan_units
 from empo.launch.status import stage_statuses, summary
 from empo.pipeline import build_graph
-
-
-def manifest_jobs(graph):
-    """A manifest as a submission writes it: each unit's stages share its job id."""
-    jobs = {}
-    for number, unit in enumerate(plan_units(graph), start=1):
-        for stage in unit.stages:
-            jobs[stage.key] = {"job_id": str(number), "executor": "slurm", "unit": unit.key,
-                               "stderr": f"/jobs/{number}_0_log.err"}
-    return jobs
 
 
 def test_a_failed_dpo_cancels_its_evaluation_and_the_aggregate_with_the_reason(make_cfg):

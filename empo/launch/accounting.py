@@ -1,0 +1,181 @@
+"""What SLURM (or the local driver) knows about each job beyond its state: elapsed time, nodes,
+requeues, exit code, the pending reason, the CPUs and GPUs it holds — for `empo status` and
+the cost of an experiment. From sacct where accounting answers, else from squeue (live jobs
+only; the run store says what finished); local jobs from the manifest's own timings.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SACCT_FIELDS = "JobID,State,ElapsedRaw,NodeList,ExitCode,Reason,AllocTRES,AllocCPUS"
+SQUEUE_FORMAT = "%i|%T|%r|%M|%N|%C|%b"
+EXCEPTION_TAIL = 256 * 1024  # bytes of a job's stderr read for its exception
+
+
+@dataclass
+class JobInfo:
+    """One job (an array task counts as one) as accounting or the local driver sees it."""
+
+    job_id: str
+    state: str = ""
+    elapsed_s: float | None = None   # summed over attempts (a requeued job runs more than once)
+    nodes: str = ""
+    requeues: int = 0
+    exit_code: str = ""              # SLURM's "code:signal", e.g. "1:0"
+    reason: str = ""                 # squeue's pending reason (Dependency, Resources, Priority)
+    cpus: int = 0
+    gpus: int = 0
+    source: str = ""                 # sacct | squeue | local
+
+
+def _tres(text: str, name: str) -> int:
+    """`gres/gpu=2` in `billing=2,cpu=2,gres/gpu=2,node=1` -> 2 (0 when absent)."""
+    match = re.search(rf"(?:^|,){re.escape(name)}=(\d+)", text or "")
+    return int(match.group(1)) if match else 0
+
+
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """`sacct -n -P -X -D -o SACCT_FIELDS` rows -> one JobInfo per job id: one row per attempt
+    (-D), so a requeued job has several; elapsed is summed, the last row gives the state."""
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 8 or not cols[0]:
+            continue
+        job_id, state, elapsed, nodes, exit_code, reason, tres, cpus = cols[:8]
+        info = out.get(job_id)
+        if info is None:
+            info = out[job_id] = JobInfo(job_id, elapsed_s=0.0, source="sacct")
+        else:
+            info.requeues += 1
+        info.state = state
+        info.elapsed_s = (info.elapsed_s or 0.0) + float(elapsed or 0)
+        info.nodes = "" if nodes.startswith("None") else nodes
+        info.exit_code = exit_code
+        info.reason = "" if reason == "None" else reason
+        gpus, cpus_n = _tres(tres, "gres/gpu"), _tres(tres, "cpu") or int(cpus or 0)
+        info.gpus, info.cpus = gpus or info.gpus, cpus_n or info.cpus
+    return out
+
+
+def _clock(text: str) -> float | None:
+    """squeue's %M (`1-02:03:04`, `3:04`) -> seconds."""
+    days, _, rest = text.rpartition("-")
+    try:
+        parts = [int(p) for p in rest.split(":")]
+    except ValueError:
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return seconds + 86400 * int(days or 0)
+
+
+def parse_squeue(text: str) -> dict[str, JobInfo]:
+    """`squeue -h -r -o SQUEUE_FORMAT` rows -> JobInfo of the jobs still queued or running."""
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 7:
+            continue
+        job_id, state, reason, used, nodes, cpus, gres = cols[:7]
+        gpus = re.search(r"gpu(?::[^:,]+)?:(\d+)", gres)
+        out[job_id] = JobInfo(job_id, state, _clock(used), nodes, reason=
+                              "" if reason == "None" else reason, cpus=int(cpus or 0)
+                              if cpus.isdigit() else 0, gpus=int(gpus.group(1)) if gpus else 0,
+                              source="squeue")
+    return out
+
+
+def _run(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def slurm_job_info(job_ids: list[str]) -> dict[str, JobInfo]:
+    """sacct for every job (all attempts); squeue adds the pending reason of queued jobs and
+    stands in for sacct where accounting is off (then ended jobs are simply absent)."""
+    if not job_ids:
+        return {}
+    ids = ",".join(job_ids)
+    acct = _run(["sacct", "-n", "-P", "-X", "-D", "-o", SACCT_FIELDS, "-j", ids])
+    queue = _run(["squeue", "-h", "-r", "-o", SQUEUE_FORMAT, "-j", ids])
+    found = parse_sacct(acct) if acct else {}
+    for job_id, live in (parse_squeue(queue) if queue else {}).items():
+        if job_id in found:
+            found[job_id].reason = live.reason or found[job_id].reason
+            found[job_id].gpus = found[job_id].gpus or live.gpus
+        else:
+            found[job_id] = live
+    return {job_id: found[job_id] for job_id in job_ids if job_id in found}
+
+
+def _epoch(text: Any) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
+
+
+def local_job_info(entry: dict[str, Any], state: str, now: float | None = None) -> JobInfo:
+    """A local job from its manifest entry: `elapsed_s` once ended, else now - `submitted_at`."""
+    elapsed = entry.get("elapsed_s")
+    if not isinstance(elapsed, (int, float)):
+        started = _epoch(entry.get("submitted_at"))
+        elapsed = None if started is None or state not in ("RUNNING", "") else \
+            max(0.0, (now or time.time()) - started)
+    return JobInfo(str(entry["job_id"]), state, elapsed, str(entry.get("host") or ""),
+                   cpus=_int(entry.get("cpus")), gpus=_int(entry.get("gpus")), source="local")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def job_info(jobs: dict[str, dict[str, Any]], states: dict[str, str]) -> dict[str, JobInfo]:
+    """JobInfo of every job of a manifest's `jobs` (stage key -> entry), by job id."""
+    slurm = sorted({e["job_id"] for e in jobs.values() if e.get("executor") == "slurm"})
+    out = slurm_job_info(slurm) if slurm else {}
+    for entry in jobs.values():
+        if entry.get("executor") == "local":
+            out[entry["job_id"]] = local_job_info(entry, states.get(entry["job_id"], ""))
+    return out
+
+
+def this_host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+# ----------------------------------------------------------------------------- the exception
+
+def exception_line(log: str | Path | None) -> str:
+    """The last line of the last traceback in a job's stderr log (read as text, its tail only):
+    `ValueError: ...`; "" when there is none (or no log)."""
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - EXCEPTION_TAIL))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = text.replace("\r", "\n").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call")]
+    if not starts:
+        return ""
+    for line in lines[starts[-1] + 1:]:
+        if line and not line[0].isspace():
+            return line.strip()[:300]
+    return ""
