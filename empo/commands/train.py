@@ -30,7 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--stage", choices=("sft", "dpo"), default="sft")
     plan.add_argument("--gpus", type=check_positive_int, default=None, help="GPUs per node (default: cluster.gpus_per_node)")
     plan.add_argument("--nodes", type=check_positive_int, default=None, help="nodes (default: cluster.nodes)")
+    plan.add_argument("--throughput", type=_positive_float, default=None, metavar="TOKENS_PER_S",
+                      help="measured SFT training tokens per GPU-second for the GPU-hours estimate "
+                      "(default: 6N FLOPs/token at 35%% of an A100's bf16 peak; see empo/estimate.py)")
     plan.set_defaults(handler=_plan)
+
+
+def _positive_float(text: str) -> float:
+    import argparse as _argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise _argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1e12:
+        raise _argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
 
 
 def _train_sft(args: argparse.Namespace) -> int:
@@ -67,4 +82,11 @@ def _plan(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args)
     print(plan_text(cfg, args.stage, args.gpus, args.nodes))
+    from empo.errors import EmpoError
+    from empo.estimate import estimate, estimate_text
+
+    try:
+        print(estimate_text(estimate(cfg, args.throughput)))
+    except (EmpoError, OSError) as err:  # e.g. the data is not reachable from here
+        print(f"compute estimate: unavailable ({' '.join(str(err).split())})")
     return 0
