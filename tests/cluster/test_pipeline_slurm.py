@@ -136,7 +136,7 @@ def test_a_later_refusal_cancels_the_jobs_already_queued(slurm_cluster, tmp_path
     # training and the baseline eval are finished (by hand): the first job queued is the baseline
     # share (small), the next the evaluations, which ask for more memory than the node has
     args = smoke_args(tmp_path / "results", "name=rollback", "eval.metrics=[mmlu]",
-                      "cluster.mem_gb=100000000")
+                      "cluster.mem_gb=1000000")
     cfg = load_config(args[0], args[1:])
     for stage in build_graph(cfg):
         if stage.kind in ("sft", "dpo"):

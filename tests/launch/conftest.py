@@ -22,3 +22,19 @@ def make_cfg(tmp_path: Path):
     return make
 
 
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory):
+    """`empo run configs/experiments/smoke.yaml` from scratch, once per session, as a user runs
+    it (a subprocess): (results dir, completed process, seconds). Shared by the end-to-end test
+    and the reproducibility check, so CI pays for one full reference run."""
+    import subprocess
+    import time
+
+    results = tmp_path_factory.mktemp("smoke-reference")
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "empo.cli", "run",
+                           str(Path(__file__).resolve().parents[2] / "configs/experiments/smoke.yaml"),
+                           f"results_dir={results}"], capture_output=True, text=True, timeout=1800)
+    return results, done, time.time() - start

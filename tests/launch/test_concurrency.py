@@ -66,7 +66,8 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_concurrent_and_killed_runs_do_each_stage_once_and_runs_are_reproducible(tmp_path):
+def test_concurrent_and_killed_runs_do_each_stage_once_and_runs_are_reproducible(tmp_path,
+                                                                                 smoke_run):
     exp = tmp_path / "a" / "smoke"
     first = start(tmp_path / "a")
     wait_for_jobs(exp, "sft/")
@@ -87,12 +88,11 @@ def test_concurrent_and_killed_runs_do_each_stage_once_and_runs_are_reproducible
     assert starts and max(starts.values()) == 1, starts
     assert {"sft/sft/seed-1", "dpo/sft_dpo/seed-2", "aggregate"} <= set(starts)
 
-    # from scratch again, elsewhere: byte-identical table (bert-score included)
-    other = subprocess.run([*EMPO, "run", str(SMOKE), f"results_dir={tmp_path / 'b'}"],
-                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800)
-    assert other.returncode == 0, other.stderr[-3000:]
+    # the same as a plain run from scratch elsewhere, byte for byte (bert-score included)
+    reference, plain, _ = smoke_run
+    assert plain.returncode == 0, plain.stderr[-3000:]
     table = (exp / "table.csv").read_bytes()
-    assert (tmp_path / "b" / "smoke" / "table.csv").read_bytes() == table
+    assert (reference / "smoke" / "table.csv").read_bytes() == table
 
     # a corrupted metrics.json is not a finished result: that evaluation is redone, the old
     # file kept aside, and the table comes out the same
@@ -133,3 +133,24 @@ def test_cancel_stops_a_driver_that_ignores_sigint_and_all_its_jobs(tmp_path):
     for lock in exp.rglob(".*.lock"):
         assert not is_locked(lock.parent, lock.name[1:-len(".lock")])
     assert os.path.exists(exp / "experiment.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_partial_files(tmp_path):
+    """Ctrl-C at the terminal reaches the whole foreground group (driver, job controllers,
+    tasks): the user sees `empo: interrupted`, no controller traceback; the jobs are recorded as
+    cancelled and nothing half-written or locked is left."""
+    exp = tmp_path / "smoke"
+    driver = start(tmp_path)
+    wait_for_jobs(exp, "sft/")
+    time.sleep(3)
+    os.killpg(driver.pid, signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130
+    assert "Traceback" not in err and err.rstrip().endswith("empo: interrupted")
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert {e.get("state") for e in manifest["jobs"].values()} == {"CANCELLED"}
+    assert not [p for p in exp.rglob("*") if p.name.endswith(".tmp")]
+    assert not [lock for lock in exp.rglob(".*.lock")
+                if is_locked(lock.parent, lock.name[1:-len(".lock")])]

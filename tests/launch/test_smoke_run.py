@@ -20,12 +20,11 @@ SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_the_smoke_experiment_runs_end_to_end_and_a_rerun_starts_nothing(tmp_path, capsys):
-    args = [str(SMOKE), f"results_dir={tmp_path}"]
-    start = time.time()
-    assert main(["run", *args]) == 0
-    took = time.time() - start
-    out, err = capsys.readouterr()
+def test_the_smoke_experiment_runs_end_to_end_and_a_rerun_starts_nothing(smoke_run, capsys):
+    results, done, took = smoke_run
+    args = [str(SMOKE), f"results_dir={results}"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, err = done.stdout, done.stderr
     with capsys.disabled():  # shown with -s; the budget is 10 minutes on 2 cores
         print(f"\nsmoke run: {took:.0f} s")
     cfg = load_config(args[0], args[1:])
