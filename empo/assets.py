@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from empo.results.store import OWNER_MARKER, claim_dir, file_lock, remove_owned_dir
+from empo.store import OWNER_MARKER, claim_dir, file_lock, remove_owned_dir
 
 log = logging.getLogger(__name__)
 

@@ -385,7 +385,7 @@ def check_adapter_dir(adapter_dir: Path, what: str = "adapter") -> dict[str, Any
         raise TrainError(f"{config_path}: invalid JSON ({err})") from None
     if not any((adapter_dir / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
         raise TrainError(f"{what} {adapter_dir} has no adapter_model.safetensors")
-    from empo.results.store import adapter_problem
+    from empo.store import adapter_problem
 
     problem = adapter_problem(adapter_dir)
     if problem:

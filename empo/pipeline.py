@@ -29,7 +29,7 @@ from submitit.helpers import Checkpointable
 from empo.config import ExperimentConfig
 from empo.errors import EmpoError, LaunchError
 from empo.fingerprint import fingerprint, identity_fields
-from empo.results.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
+from empo.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
                                 merge_json, move_aside, run_dir, stage_lock)
 from empo.stages import REGISTRY, TRAINING, output_problem, stage_kind
 

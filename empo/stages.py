@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empo.errors import LaunchError
-from empo.results.store import (adapter_problem, atomic_write_json, atomic_write_text, is_done,
+from empo.store import (adapter_problem, atomic_write_json, atomic_write_text, is_done,
                                 json_object_problem, jsonl_problem, marker)
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from empo.results.store import mark_done
+from empo.store import mark_done
 
 EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # header length, then an empty header
 

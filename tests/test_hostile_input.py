@@ -285,7 +285,7 @@ def test_assets_are_rebuilt_only_in_a_directory_the_project_marked(tmp_path):
     """An incomplete build of ours is redone; a foreign directory is refused, never deleted."""
     from empo.assets import ensure_tiny_assets
     from empo.errors import EmpoError
-    from empo.results.store import OWNER_MARKER, claim_dir, remove_owned_dir
+    from empo.store import OWNER_MARKER, claim_dir, remove_owned_dir
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

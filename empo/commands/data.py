@@ -70,7 +70,7 @@ def _export_args(parser: argparse.ArgumentParser, split: str) -> None:
 
 def _check_out(args: argparse.Namespace) -> None:
     """Fail before any loading when the output cannot be written or would replace an input."""
-    from empo.results.store import check_output
+    from empo.store import check_output
 
     check_output(args.out, [args.source, getattr(args, "table", None)])
 
@@ -99,7 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace, example: Callable[..., dict], what: str) -> int:
     """One JSONL row per eligible dialogue of the split, written atomically."""
     from empo.data.chat import eligible
-    from empo.results.store import atomic_write_jsonl
+    from empo.store import atomic_write_jsonl
 
     _check_out(args)
     result = _load(args)

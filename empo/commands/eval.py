@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check_out(path: Path, args: argparse.Namespace) -> None:
     """Before any model loads: the output can be written and is none of the inputs."""
-    from empo.results.store import check_output
+    from empo.store import check_output
 
     inputs = [getattr(args, name, None) for name in
               ("input", "data", "model", "adapter", "checkpoints", "include_path")]
@@ -76,7 +76,7 @@ def _check_out(path: Path, args: argparse.Namespace) -> None:
 
 
 def _report(out: Path, metrics: dict) -> None:
-    from empo.results.store import merge_json
+    from empo.store import merge_json
 
     merge_json(out, metrics)
     print(f"{out}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"

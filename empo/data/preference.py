@@ -154,7 +154,7 @@ def write_preference_jsonl(path: Path, data: Columns | Sequence[Dialogue], table
     import pyarrow.compute as pc
 
     from empo.data.columns import write_values
-    from empo.results.store import atomic_path
+    from empo.store import atomic_path
 
     cols = (data if isinstance(data, Columns) else Columns.from_dialogues(list(data))).eligible()
     draws = rejected_indices(cols.emotions, cols.conv_ids, table, epochs, seed, sampling, where)

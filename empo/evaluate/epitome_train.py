@@ -285,7 +285,7 @@ def epitome_train_stage(cfg, directory: Path) -> Path:
     DONE marker. Checkpoints finished by an interrupted run are kept, not retrained."""
     from empo.evaluate.epitome_data import CHECKPOINTS, STAGE, stage_fields
     from empo.evaluate.stages import local_or_name
-    from empo.results.store import atomic_write_json, is_done, mark_done
+    from empo.store import atomic_write_json, is_done, mark_done
 
     directory = Path(directory)
     out = directory / CHECKPOINTS

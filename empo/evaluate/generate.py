@@ -20,7 +20,7 @@ from typing import Any
 from empo.config import GenerationConfig
 from empo.errors import EvalError
 from empo.evaluate import PREDICTION_FIELDS, read_jsonl
-from empo.results.store import atomic_write_jsonl
+from empo.store import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def check_adapter(base: str, adapter: Path) -> None:
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         raise EvalError(f"{adapter}: not a peft adapter directory (no adapter_config.json)")
-    from empo.results.store import adapter_problem
+    from empo.store import adapter_problem
 
     problem = adapter_problem(adapter)
     if problem:

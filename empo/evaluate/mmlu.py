@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.errors import EvalError
-from empo.results.store import atomic_write_text
+from empo.store import atomic_write_text
 
 # lm-eval result entries that describe the machine or the tokenizer's tokens, not the evaluation
 DROPPED_KEYS = ("pretty_env_info", "samples", "tokenizer_pad_token", "tokenizer_eos_token",

@@ -11,7 +11,7 @@ from typing import Any
 from empo.config import ExperimentConfig
 from empo.errors import EvalError
 from empo.evaluate import read_jsonl
-from empo.results.store import atomic_write_jsonl, is_done, mark_done, merge_json
+from empo.store import atomic_write_jsonl, is_done, mark_done, merge_json
 
 log = logging.getLogger(__name__)
 

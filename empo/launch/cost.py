@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from empo.results.store import atomic_write_text
+from empo.store import atomic_write_text
 
 if TYPE_CHECKING:
     from empo.launch.accounting import JobInfo

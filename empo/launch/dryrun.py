@@ -17,7 +17,7 @@ from pathlib import Path
 
 from empo.config import ExperimentConfig
 from empo.launch import check_container, check_executor, job_resources, make_executor
-from empo.launch.plan import ArrayPlan, dependency, plan_arrays, plan_units
+from empo.launch.jobs import ArrayPlan, dependency, plan_arrays, plan_units
 from empo.launch.preflight import PreflightError, Problem, preflight
 from empo.launch.resources import Resources
 from empo.launch.submit import job_name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from empo.config import ExperimentConfig
 from empo.pipeline import Graph
-from empo.results.store import atomic_write_text
+from empo.store import atomic_write_text
 
 log = logging.getLogger(__name__)
 

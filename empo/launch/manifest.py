@@ -17,7 +17,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
-from empo.results.store import atomic_write_json, file_lock
+from empo.store import atomic_write_json, file_lock
 
 MANIFEST = "manifest.json"
 

@@ -289,7 +289,7 @@ def gres_gpus(partition: str) -> int:
 
 def check_slurm(cfg: ExperimentConfig, graph) -> list[Problem]:
     """Partition, account, qos, gres, nodes and walltime against what the cluster reports."""
-    from empo.launch.plan import plan_units
+    from empo.launch.jobs import plan_units
     from empo.launch.resources import job_resources
 
     cluster = cfg.cluster

@@ -27,7 +27,7 @@ from empo.launch import (check_launch, clean_submission_env, job_environment, jo
 from empo.launch.accounting import JobInfo, this_host
 from empo.launch.experiment import reruns, write_experiment
 from empo.launch.manifest import read_manifest, record_jobs, update_job
-from empo.launch.plan import Unit, plan_units
+from empo.launch.jobs import Unit, plan_units
 from empo.launch.status import (RUNNING, WAITING, StageStatus, _alive, experiment_status,
                                 job_states, normalize, render, stage_statuses, summary)
 from empo.launch.submit import entry, job_folder, job_name, submit_graph
@@ -97,7 +97,7 @@ def run_lock_path(experiment_dir: Path) -> Path:
 
 def driver_lock(cfg: ExperimentConfig) -> Any:
     """One driver per experiment at a time: a second `empo run`/`submit` gets one clear line."""
-    from empo.results.store import file_lock
+    from empo.store import file_lock
 
     cfg.experiment_dir.parent.mkdir(parents=True, exist_ok=True)
     return file_lock(run_lock_path(cfg.experiment_dir), blocking=False,

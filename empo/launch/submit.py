@@ -17,7 +17,7 @@ from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import clean_submission_env, job_resources, make_executor
 from empo.launch.manifest import now, record_jobs
-from empo.launch.plan import Unit, dependency, plan_arrays, plan_units
+from empo.launch.jobs import Unit, dependency, plan_arrays, plan_units
 from empo.pipeline import Graph, stage_call
 
 log = logging.getLogger(__name__)

@@ -249,7 +249,7 @@ def run_wrapper(kind: str, argv: list[str], dry_run: bool = False) -> int:
 # ------------------------------------------------------------------------------ submit-all
 
 def wrapper_call(unit: Any, config: str, overrides: list[str]) -> tuple[str, list[str]]:
-    """(wrapper, its arguments) running one job of the plan (launch/plan.py's Unit)."""
+    """(wrapper, its arguments) running one job of the plan (launch/jobs.py's Unit)."""
     if unit.kind == "aggregate":
         return "aggregate", [config, *overrides]
     wrapper = "eval" if unit.kind in ("eval", "share") else unit.kind
@@ -266,7 +266,7 @@ def submit_all(cfg: ExperimentConfig, config: str, overrides: list[str], jobs_di
     with the resources of the config; records them in the manifest. Returns unit key -> job id.
     A refused sbatch cancels everything queued before it (all or nothing, as `empo submit`)."""
     from empo.launch.experiment import write_experiment
-    from empo.launch.plan import plan_units
+    from empo.launch.jobs import plan_units
     from empo.pipeline import build_graph
 
     graph = build_graph(cfg)

@@ -1,1 +1,1 @@
-"""The run store, the aggregate table and the figures."""
+"""Reporting only: the aggregate table, the comparison with the paper, sweeps and figures."""

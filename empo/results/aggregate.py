@@ -21,7 +21,7 @@ from pathlib import Path
 
 from empo.config import ExperimentConfig, from_dict, project_root, read_yaml
 from empo.errors import ConfigError, EmpoError
-from empo.results.store import atomic_write_text
+from empo.store import atomic_write_text
 from empo.stages import metric_keys
 
 METRICS = tuple(metric_keys(("mmlu", "epitome", "bertscore")))  # the table's column order

@@ -19,7 +19,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.results.aggregate import Runs, collect_runs, experiment_config, mean_sd
-from empo.results.store import atomic_path, atomic_write_text
+from empo.store import atomic_path, atomic_write_text
 from empo.results.sweep import SweepPoint, expand_sweep, format_value, variant_order
 from empo.results.table import LABELS, VARIANT_LABELS, csv_text
 

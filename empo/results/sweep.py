@@ -18,7 +18,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.errors import ConfigError, EmpoError
-from empo.results.store import VARIANTS
+from empo.store import VARIANTS
 
 # Keys a sweep may not vary: they name or shape the experiment itself, not a run.
 _NOT_SWEEPABLE = ("name", "seeds", "results_dir", "sweep")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empo.errors import TrainError
-from empo.results.store import atomic_write_jsonl, atomic_write_text, is_done, mark_done
+from empo.store import atomic_write_jsonl, atomic_write_text, is_done, mark_done
 from empo.trainer_fields import REFUSED
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from empo.cli import main
 from empo.config import load_config
 from empo.launch import job_resources, make_executor
 from empo.pipeline import build_graph
-from empo.results.store import mark_done
+from empo.store import mark_done
 from fakes import fake_training
 
 pytestmark = [pytest.mark.container]

@@ -24,7 +24,7 @@ from empo.launch.manifest import read_manifest
 from empo.launch.status import experiment_status
 from empo.launch.experiment import write_experiment
 from empo.pipeline import build_graph, export_distributed_env, stage_call
-from empo.results.store import is_done, mark_done, run_dir
+from empo.store import is_done, mark_done, run_dir
 from fakes import fake_training, finish_training_and_mmlu
 
 pytestmark = [pytest.mark.slurm]

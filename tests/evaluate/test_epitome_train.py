@@ -274,7 +274,7 @@ def _smoke(project_root: Path, tmp_path: Path, *overrides: str):
 
 def test_checkpoints_train_adds_one_gpu_job_every_epitome_eval_waits_for(annotations, tmp_path,
                                                                           project_root):
-    from empo.launch.plan import plan_units
+    from empo.launch.jobs import plan_units
     from empo.launch.resources import job_resources
     from empo.pipeline import build_graph
 

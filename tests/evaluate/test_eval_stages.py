@@ -9,7 +9,7 @@ import pytest
 from empo.config import load_config
 from empo.errors import EvalError
 from empo.evaluate.stages import bertscore_stage, epitome_stage, generate_stage, mmlu_stage
-from empo.results.store import is_done, run_dir
+from empo.store import is_done, run_dir
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "smoke.yaml"
 

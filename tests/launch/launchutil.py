@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from empo.config import ExperimentConfig
-from empo.results.store import mark_done, run_dir
+from empo.store import mark_done, run_dir
 from fakes import fake_training
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def experiment_run(cfg: ExperimentConfig, variant: str, seed: int) -> Path:
 
 def manifest_jobs(graph) -> dict[str, dict[str, Any]]:
     """A manifest's jobs as a submission writes them: each unit's stages share its job id."""
-    from empo.launch.plan import plan_units
+    from empo.launch.jobs import plan_units
 
     jobs = {}
     for number, unit in enumerate(plan_units(graph), start=1):

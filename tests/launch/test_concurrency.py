@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from launchutil import PROJECT_ROOT
 
-from empo.results.store import is_locked
+from empo.store import is_locked
 
 SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
 EMPO = [sys.executable, "-m", "empo.cli"]

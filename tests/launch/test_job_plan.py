@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from launchutil import finish_stage
 
-from empo.launch.plan import dependency, plan_arrays, plan_units
+from empo.launch.jobs import dependency, plan_arrays, plan_units
 from empo.pipeline import build_graph
 
 

@@ -122,7 +122,7 @@ def test_a_stage_refuses_to_start_while_another_process_holds_its_run_directory(
     stage = build_graph(cfg).stages["mmlu/baseline/seed-1"]
     stage.directory.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from empo.results.store import stage_lock\n"
+        "import sys, time; from empo.store import stage_lock\n"
         f"with stage_lock({str(stage.directory)!r}, 'mmlu', 'x'):\n"
         "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:

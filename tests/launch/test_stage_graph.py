@@ -12,7 +12,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from empo.pipeline import (CheckpointableStageCall, StageCall, StageError, build_graph,
                            export_distributed_env, stage_call, variants)
-from empo.results.store import is_done
+from empo.store import is_done
 from launchutil import finish_all_but, finish_stage
 
 

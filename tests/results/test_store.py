@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from empo.errors import EmpoError
-from empo.results import store
+from empo import store
 
 
 def test_run_dir_layout(tmp_path):

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from trainutil import read_log
 
-from empo.results.store import is_done
+from empo.store import is_done
 
 
 class DrawRecorder:

@@ -10,7 +10,7 @@ import time
 import pytest
 from trainutil import PROJECT_ROOT, SMOKE, smoke_overrides, subprocess_env
 
-from empo.results.store import is_done, run_dir
+from empo.store import is_done, run_dir
 from empo.train.common import last_checkpoint
 
 # SFT: 2 epochs of 24 steps, first checkpoint at step 4 (mid epoch 0).

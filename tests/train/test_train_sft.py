@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 from trainutil import read_log
 
-from empo.results.store import is_done
+from empo.store import is_done
 
 
 def test_sft_writes_the_run_store_outputs(sft_run, make_cfg):

@@ -1,7 +1,7 @@
-"""The run store (DESIGN §5): paths, atomic writes, stage markers, locks, metrics merging, and
-the guards every write goes through: an output is never an input, a directory is only rebuilt or
-removed when it carries the project's own marker, a stage runs in one process at a time.
-"""
+"""The run store (DESIGN §5), the ground floor of data, train, evaluate and launch: paths, atomic
+writes, stage markers, locks, JSON merging, output checks, and the guards every write goes
+through: an output is never an input, a directory is only rebuilt or removed when it carries the
+project's own marker, a stage runs in one process at a time."""
 from __future__ import annotations
 
 import contextlib
