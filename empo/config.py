@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from empo.errors import ConfigError
+from empo.options import attention_problem
 from empo.stages import METRIC_STAGES
 from empo.trainer_fields import TRL_CONFIGS
 from empo.validate import (SBATCH_OPTION, check_name, check_range, check_text, load_yaml,
@@ -36,7 +37,9 @@ class ModelConfig:
 
     name_or_path: Hub id or local directory of the base causal LM (paper: zephyr-7b-sft-full).
     dtype: bfloat16 | float16 | float32 — weights and training precision (paper: bf16).
-    attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2).
+    attn_implementation: transformers attention: sdpa | eager | flash_attention_2 |
+      flash_attention_3 | flex_attention | a Hub kernel repo (org/repo[@rev][:function], the
+      kernels package); flash needs a CUDA GPU and flash-attn or kernels (refused otherwise).
     chat_template: None = the tokenizer's own template; else a .jinja path to use instead.
     architecture: a transformers config JSON used by `empo plan` without loading weights
       (default: Mistral-7B's, shipped in the package).
@@ -157,7 +160,11 @@ class DPOConfig(TrainConfig):
 
 @dataclass
 class GenerationConfig:
-    """Response generation for the eval split (greedy by default)."""
+    """Response generation for the eval split (greedy by default).
+
+    backend: transformers | vllm (the `vllm` extra and a CUDA GPU; same prompt token ids, adapter
+      through vLLM's LoRA, merged into the base first when lora r is above vLLM's max LoRA rank).
+    """
 
     max_new_tokens: int = 128
     do_sample: bool = False
@@ -480,6 +487,10 @@ def _validate(cfg: ExperimentConfig) -> None:
          "must be auto, true or false"),
         (cfg.model.quantization in ("none", "nf4"), "model.quantization", cfg.model.quantization,
          "must be none or nf4"),
+        (attention_problem(cfg.model.attn_implementation) is None, "model.attn_implementation",
+         cfg.model.attn_implementation, attention_problem(cfg.model.attn_implementation)),
+        (cfg.eval.generation.backend in ("transformers", "vllm"), "eval.generation.backend",
+         cfg.eval.generation.backend, "must be transformers or vllm (the vllm extra, a CUDA GPU)"),
         (cfg.eval.epitome.padding in ("none", "max_length"), "eval.epitome.padding",
          cfg.eval.epitome.padding, "must be none or max_length"),
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),

@@ -229,7 +229,10 @@ def load_base_model(cfg: "ExperimentConfig") -> "PreTrainedModel":
     configured attention implementation."""
     from transformers import AutoModelForCausalLM
 
+    from empo.options import require_attention
+
     path = resolve_model_path(cfg)
+    require_attention(cfg.model.attn_implementation)
     extra: dict[str, Any] = {}
     quantized = quantization_config(cfg.model.quantization, cfg.model.dtype)
     if quantized is not None:

@@ -27,6 +27,12 @@ trained, while with LoRA only the adapter is:
                  one r-vector per targeted module and, with dropout > 0, a dropped copy of each
                  targeted module's input (+ a 1-byte mask). With gradient checkpointing only the
                  L layer inputs (b·s·h) are kept and one layer is recomputed at a time.
+  attention      sdpa and flash keep no s×s matrix (flash/memory-efficient kernels); `eager`
+                 keeps each layer's b·heads·s² softmax output in fp32 plus its cast to the
+                 training dtype (all L layers, or the one recomputed with checkpointing).
+  Liger          `use_liger_kernel` (trl applies Liger's layer kernels only, not its fused
+                 cross-entropy): SwiGLU recomputes act(gate) in backward, −i values per token/layer.
+                 Padding-free batches plan the same worst case (b × max_length tokens).
   LM head        trl's fused LM head never builds the full logits: one 4096-token × 32768-vocab
                  tile, plus the final hidden states it scores and their gradient.
   buffers        DeepSpeed's communication buckets from the config (reduce bucket ×2 for the
@@ -42,6 +48,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from empo.errors import TrainError
+from empo.options import padding_free
 
 if TYPE_CHECKING:
     from empo.config import ExperimentConfig
@@ -77,6 +84,8 @@ class Plan:
     memory: dict[str, int]
     cpu_memory: int
     gpu_memory_gb: float
+    attention: str = "sdpa"
+    options: list[str] = dataclasses.field(default_factory=list)  # performance options, in words
 
     @property
     def total(self) -> int:
@@ -219,10 +228,23 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
     per_token_layer = activation_bytes_per_token_layer(
         config, cfg.lora.target_modules, cfg.lora.r, cfg.lora.lora_dropout, train_width, in_features)
     layers = config.num_hidden_layers
+    trainer_args = section.trainer_args
+    notes = []
+    if trainer_args.get("use_liger_kernel"):  # Liger's SwiGLU keeps gate and up, not act(gate)
+        per_token_layer -= config.intermediate_size * train_width
+        notes.append("Liger layer kernels (SwiGLU recomputes act(gate))")
+    if padding_free(cfg, stage):
+        notes.append("padding-free rows (planned at the worst case, b × max_length tokens)")
+    if stage == "dpo" and trainer_args.get("precompute_ref_log_probs"):
+        notes.append("reference log-probs precomputed before training (no reference forward "
+                     "in the steps; memory unchanged)")
     if section.gradient_checkpointing:
         memory["activations"] = tokens * (layers * config.hidden_size * train_width + per_token_layer)
     else:
         memory["activations"] = tokens * layers * per_token_layer
+    if cfg.model.attn_implementation == "eager":  # softmax output in fp32 + its training-dtype cast
+        per_layer = sequences * config.num_attention_heads * section.max_length ** 2 * (4 + train_width)
+        memory["attention scores (eager)"] = per_layer * (1 if section.gradient_checkpointing else layers)
 
     # trl's fused LM head: one [4096 tokens × 32768 vocab] logits tile, plus the final hidden states
     # gathered for it and their gradient (no full logits are ever built)
@@ -249,7 +271,8 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
         sequences_per_micro_batch=sequences, max_length=section.max_length,
         gradient_checkpointing=section.gradient_checkpointing, gradient_accumulation=accumulation,
         reference=reference, memory=memory, cpu_memory=int(cpu),
-        gpu_memory_gb=cfg.cluster.gpu_memory_gb,
+        gpu_memory_gb=cfg.cluster.gpu_memory_gb, attention=cfg.model.attn_implementation,
+        options=notes,
     )
 
 
@@ -274,6 +297,8 @@ def format_plan(plan: Plan, name: str = "") -> str:
         f"tokens, gradient accumulation {accumulation}, gradient checkpointing "
         f"{'on' if plan.gradient_checkpointing else 'off'}",
     ]
+    lines.append(f"  attention          {plan.attention}"
+                 + "".join(f"; {note}" for note in plan.options))
     if plan.reference:
         lines.append(f"  DPO reference      {plan.reference}")
     lines.append("  per-GPU memory (GiB)")

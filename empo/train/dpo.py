@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from empo import models
+from empo import models, options
 from empo.errors import TrainError
 from empo.train import common
 from empo.train.sft import data_source
@@ -131,6 +131,7 @@ def build_dpo_trainer(
     callbacks: list[Any] | None = None,
 ) -> "DPOTrainer":
     """Check every input, then build the trl DPOTrainer over per-epoch draws."""
+    import trl
     from trl import DPOConfig, DPOTrainer
 
     if cfg.dpo.num_train_epochs < 1 or int(cfg.dpo.num_train_epochs) != cfg.dpo.num_train_epochs:
@@ -141,6 +142,7 @@ def build_dpo_trainer(
     models.resolve_model_path(cfg)
     models.check_lora_values(cfg)
     kwargs = common.trainer_kwargs(cfg, "dpo", seed, out_dir, DPOConfig)
+    options.check_trainer_options(cfg, "dpo", trl.__version__)
     kwargs.update(beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type])
     stage3 = common.zero_stage(kwargs["deepspeed"]) == 3
     if stage3 and cfg.dpo.reference == "merged":

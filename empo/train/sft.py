@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from empo import models
+from empo import models, options
 from empo.errors import TrainError
 from empo.train import common
 
@@ -51,6 +51,7 @@ def build_sft_trainer(
     cfg: "ExperimentConfig", seed: int, out_dir: Path, callbacks: list[Any] | None = None
 ) -> "SFTTrainer":
     """Check every input, then build the trl SFTTrainer (weights are loaded last)."""
+    import trl
     from trl import SFTConfig, SFTTrainer
 
     common.ensure_distributed_env()
@@ -58,6 +59,11 @@ def build_sft_trainer(
     models.check_lora_values(cfg)
     kwargs = common.trainer_kwargs(cfg, "sft", seed, out_dir, SFTConfig)
     kwargs.update(assistant_only_loss=True)
+    options.check_trainer_options(cfg, "sft", trl.__version__)
+    # trl refuses max_length with padding_free unless packing: truncate its rows as it would
+    truncate_after = options.padding_free(cfg, "sft") and not kwargs.get("packing")
+    if truncate_after:
+        kwargs["max_length"] = None
     peft_config = models.lora_config(cfg, models.model_module_names(cfg))
     dataset = sft_dataset(cfg)
     tokenizer = models.load_tokenizer(cfg, padding_side="right")
@@ -78,6 +84,8 @@ def build_sft_trainer(
         peft_config=peft_config,
         callbacks=[common.train_log_callback(out_dir), *(callbacks or [])],
     )
+    if truncate_after:
+        trainer.train_dataset = options.truncate_rows(trainer.train_dataset, cfg.sft.max_length)
     if trainer.model.get_input_embeddings().num_embeddings != n_vocab:  # pragma: no cover - guard
         raise TrainError("SFT resized the embeddings; the chat template must not add tokens")
     # The data is tokenized: the adapter directory gets the tokenizer with its stock template back.
