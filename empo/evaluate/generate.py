@@ -138,32 +138,18 @@ def check_adapter(base: str, adapter: Path) -> None:
                         f"{'; '.join(problems[:5])}{more}")
 
 
-def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
-                   attn_implementation: str | None = None, chat_template: str | None = None,
-                   device: str | None = None, add_bos: bool | str = "auto",
-                   quantization: str = "none"):
-    """(model, tokenizer): the base causal LM + optional peft adapter; tokenizer pads left, its
-    template starts with a BOS as in training (`model.add_bos`); `quantization` as in training."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_generation_tokenizer(base: str, chat_template: str | None = None,
+                              add_bos: bool | str = "auto"):
+    """The tokenizer every generation backend builds its prompt ids with: left padding, the
+    configured chat template, a BOS from the template as in training (`model.add_bos`)."""
+    from transformers import AutoTokenizer
 
-    from empo.models import quantization_config, set_bos
+    from empo.models import set_bos
 
-    if dtype not in DTYPES:
-        raise EvalError(f"dtype '{dtype}': allowed {', '.join(DTYPES)}")
-    if adapter is not None:
-        check_adapter(base, adapter)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
-        kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        quantized = quantization_config(quantization, "bfloat16" if dtype == "auto" else dtype)
-        if quantized is not None:
-            kwargs.update(quantization_config=quantized, device_map={"": 0})
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as err:
-        raise EvalError(f"cannot load base model '{base}' ({err})") from None
+        raise EvalError(f"cannot load the tokenizer of '{base}' ({err})") from None
     if chat_template:
         try:
             tokenizer.chat_template = Path(chat_template).read_text()
@@ -173,6 +159,38 @@ def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
     if not tokenizer.chat_template:
         raise EvalError(f"tokenizer of '{base}' has no chat template; set model.chat_template")
     set_bos(tokenizer, add_bos)
+    return tokenizer
+
+
+def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
+                   attn_implementation: str | None = None, chat_template: str | None = None,
+                   device: str | None = None, add_bos: bool | str = "auto",
+                   quantization: str = "none"):
+    """(model, tokenizer): the base causal LM + optional peft adapter; tokenizer pads left, its
+    template starts with a BOS as in training (`model.add_bos`); `quantization` as in training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from empo.models import quantization_config
+
+    from empo.options import require_attention
+
+    if dtype not in DTYPES:
+        raise EvalError(f"dtype '{dtype}': allowed {', '.join(DTYPES)}")
+    require_attention(attn_implementation)
+    if adapter is not None:
+        check_adapter(base, adapter)
+    tokenizer = load_generation_tokenizer(base, chat_template, add_bos)
+    try:
+        kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        quantized = quantization_config(quantization, "bfloat16" if dtype == "auto" else dtype)
+        if quantized is not None:
+            kwargs.update(quantization_config=quantized, device_map={"": 0})
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as err:
+        raise EvalError(f"cannot load base model '{base}' ({err})") from None
     if adapter is not None:
         from peft import PeftModel
 
@@ -230,12 +248,17 @@ def generate_batch(model, tokenizer, batch: Sequence[Sequence[int]],
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                 **kwargs)
-    responses = []
-    for row in output[:, input_ids.shape[1]:].tolist():
-        if eos in row:
-            row = row[: row.index(eos)]
-        responses.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return responses
+    return [decode_response(tokenizer, row) for row in output[:, input_ids.shape[1]:].tolist()]
+
+
+def decode_response(tokenizer, token_ids: Sequence[int]) -> str:
+    """A response's text, shared by every backend: the new tokens up to the first EOS, decoded
+    without special tokens, stripped."""
+    row = list(token_ids)
+    eos = tokenizer.eos_token_id
+    if eos in row:
+        row = row[: row.index(eos)]
+    return tokenizer.decode(row, skip_special_tokens=True).strip()
 
 
 def _read_partial(partial: Path, signature: dict[str, Any], wanted: set[str]) -> list[dict]:
@@ -264,11 +287,15 @@ def _read_partial(partial: Path, signature: dict[str, Any], wanted: set[str]) ->
 def generate_predictions(examples: Sequence[dict[str, Any]], out: Path, model, tokenizer,
                          settings: GenerationSettings, signature: dict[str, Any] | None = None,
                          on_batch: Callable[[int, int], None] | None = None,
-                         progress: bool = True) -> Path:
+                         progress: bool = True,
+                         generate: Callable[[list[list[int]]], list[str]] | None = None,
+                         chunk_size: int | None = None) -> Path:
     """Generate a prediction per example into `out` (JSONL, input order), resumably.
 
     `signature` (model, adapter, settings) guards the partial file: rows made with another one are
-    not reused. `on_batch(done, total)` is called after each batch is flushed."""
+    not reused. `on_batch(done, total)` is called after each batch is flushed. `generate` (prompt
+    ids -> texts) replaces the transformers model (another backend), flushing every
+    `chunk_size` prompts (default `settings.batch_size`)."""
     from tqdm import tqdm
 
     settings.check()
@@ -291,10 +318,13 @@ def generate_predictions(examples: Sequence[dict[str, Any]], out: Path, model, t
     with open(partial, "a", encoding="utf-8") as sink, \
             tqdm(total=len(examples), initial=len(done), unit="prompt", file=sys.stderr,
                  disable=not progress, desc="generate") as bar:
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start:start + settings.batch_size]
-            texts = generate_batch(model, tokenizer, [ids[str(e["conv_id"])] for e in batch],
-                                   settings)
+        if generate is None:
+            def generate(batch_ids: list[list[int]]) -> list[str]:
+                return generate_batch(model, tokenizer, batch_ids, settings)
+        step = chunk_size or settings.batch_size
+        for start in range(0, len(todo), step):
+            batch = todo[start:start + step]
+            texts = generate([ids[str(e["conv_id"])] for e in batch])
             for example, text in zip(batch, texts):
                 row = {field: example[field] for field in EXAMPLE_FIELDS}
                 row["prediction"] = text

@@ -118,14 +118,28 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
     out = run_dir / PREDICTIONS
     if is_done(run_dir, "generate"):
         return out
-    if cfg.eval.generation.backend != "transformers":
-        raise EvalError(f"eval.generation.backend '{cfg.eval.generation.backend}': only "
-                        f"'transformers' is available")
+    backend = cfg.eval.generation.backend
+    if backend not in ("transformers", "vllm"):
+        raise EvalError(f"eval.generation.backend '{backend}': allowed transformers, vllm")
+    if backend == "vllm":
+        from empo.evaluate.vllm_backend import require_vllm
+
+        require_vllm()  # before the eval split is read
     run_dir.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(cfg)  # the system prompt is already in each prompt
     settings = GenerationSettings.from_config(cfg.eval.generation)
     base = local_or_name(cfg, cfg.model.name_or_path)
     template = str(cfg.resolve(cfg.model.chat_template)) if cfg.model.chat_template else None
+    if backend == "vllm":
+        from empo.evaluate.vllm_backend import generate_vllm
+
+        signature = {"base": base, "adapter": str(adapter) if adapter else None,
+                     "chat_template": template, "seed": seed, "add_bos": cfg.model.add_bos}
+        generate_vllm(examples, out, base, adapter, settings, signature, cfg.model.dtype, template,
+                      cfg.model.add_bos, seed, cfg.model.quantization,
+                      cfg.model.attn_implementation)
+        mark_done(run_dir, "generate")
+        return out
     model, tokenizer = load_generator(base, adapter, cfg.model.dtype,
                                       cfg.model.attn_implementation, template,
                                       add_bos=cfg.model.add_bos,
