@@ -6,10 +6,10 @@ preference export builds its JSON lines from it without a Python loop per turn o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from empo.data.ed import Dialogue
+from empo.data.dialogue import Dialogue
 
 
 @dataclass
@@ -122,3 +122,37 @@ def write_values(out: Any, values: Any) -> None:
     for chunk in getattr(values, "chunks", [values]):
         raw, _ = _bytes_and_bounds(chunk)
         out.write(memoryview(raw))
+
+
+@dataclass
+class LoadResult:
+    """The clean dialogues of one split and what cleaning removed.
+
+    malformed: rows dropped (raw: wrong field count or `hit:` text; message form: unusable rows).
+    utterances: turns kept in `dialogues`.
+    dropped_turns: well-formed turns dropped because their dialogue had a gap or a repeated
+    index before them (roles would no longer alternate), or a broken role order (message form).
+    `dialogues` and `columns` (the same data, columnar, for bulk export) convert on first use.
+    """
+
+    source: str
+    split: str
+    path: str
+    malformed: int = 0
+    utterances: int = 0
+    dropped_turns: int = 0
+    _dialogues: list[Dialogue] | None = field(default=None, repr=False)
+    _columns: Any = field(default=None, repr=False)
+
+    @property
+    def dialogues(self) -> list[Dialogue]:
+        if self._dialogues is None:
+            self._dialogues = self._columns.dialogues() if self._columns is not None else []
+        return self._dialogues
+
+    @property
+    def columns(self) -> Any:
+        """`empo.data.columns.Columns` of the dialogues."""
+        if self._columns is None:
+            self._columns = Columns.from_dialogues(self.dialogues)
+        return self._columns

@@ -6,7 +6,8 @@ CSV: lines are split on commas, and commas inside text are written `_comma_`. Ro
 number of fields, or whose text contains another row's id (`hit:`), are dropped and counted. Rows
 are grouped by `conv_id` (in order of first appearance) and ordered by `utterance_idx`; the label
 is `context`, the situation is `prompt`, turn 0 is the speaker ("user") and turns alternate.
-The parser itself is `empo.data.raw` (vectorised); this module holds the types and the sources.
+The parser itself is `empo.data.raw` (vectorised); the types are in `empo.data.dialogue` and
+`empo.data.columns`; this module holds the sources.
 
 Message form (e.g. `Estwld/empathetic_dialogues_llm`): columns conv_id, situation, emotion,
 conversations[{role, content}], read through `datasets` from the Hub (at a pinned `revision` when
@@ -17,66 +18,19 @@ the dialogue there (in the raw layout it leaves a gap in utterance_idx).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from empo.data.columns import LoadResult
+from empo.data.dialogue import Dialogue
+from empo.data.raw import read_raw_csv
 from empo.errors import DataError
 
-ED_COLUMNS = ("conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance",
-              "selfeval", "tags")
-ED_HEADER = ",".join(ED_COLUMNS)
 MESSAGE_COLUMNS = ("conv_id", "situation", "emotion", "conversations")
 MESSAGE_SUFFIXES = (".jsonl", ".json", ".parquet")
 SPLITS = ("train", "valid", "test")
 HIT = "hit:"  # in a text field: the row swallowed another row's id (a known ED defect)
 _SPLIT_ALIASES = {"valid": ("valid", "validation"), "validation": ("validation", "valid")}
-
-
-@dataclass(slots=True)
-class Dialogue:
-    """One conversation: turn 0 is the speaker ("user"), turns alternate with the listener."""
-
-    conv_id: str
-    emotion: str
-    situation: str
-    turns: list[str]
-
-
-@dataclass
-class LoadResult:
-    """The clean dialogues of one split and what cleaning removed.
-
-    malformed: rows dropped (raw: wrong field count or `hit:` text; message form: unusable rows).
-    utterances: turns kept in `dialogues`.
-    dropped_turns: well-formed turns dropped because their dialogue had a gap or a repeated
-    index before them (roles would no longer alternate), or a broken role order (message form).
-    `dialogues` and `columns` (the same data, columnar, for bulk export) convert on first use.
-    """
-
-    source: str
-    split: str
-    path: str
-    malformed: int = 0
-    utterances: int = 0
-    dropped_turns: int = 0
-    _dialogues: list[Dialogue] | None = field(default=None, repr=False)
-    _columns: Any = field(default=None, repr=False)
-
-    @property
-    def dialogues(self) -> list[Dialogue]:
-        if self._dialogues is None:
-            self._dialogues = self._columns.dialogues() if self._columns is not None else []
-        return self._dialogues
-
-    @property
-    def columns(self) -> Any:
-        """`empo.data.columns.Columns` of the dialogues."""
-        if self._columns is None:
-            from empo.data.columns import Columns
-
-            self._columns = Columns.from_dialogues(self.dialogues)
-        return self._columns
 
 
 def unescape(text: str) -> str:
@@ -94,7 +48,6 @@ def load_dialogues(source: str | Path, split: str, revision: str | None = None) 
     (at `revision`, `data.revision`; ignored for local sources)."""
     kind, where = resolve_source(source, split)
     if kind == "raw":
-        from empo.data.raw import read_raw_csv
 
         return read_raw_csv(Path(where), source=str(source), split=split)
     return read_message_form(kind, where, source=str(source), split=split, revision=revision)

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from empo.data.columns import Columns
-from empo.data.ed import ED_COLUMNS, ED_HEADER, LoadResult
+from empo.data.columns import Columns, LoadResult
+from empo.data.dialogue import ED_COLUMNS, ED_HEADER
 from empo.errors import DataError
 
 _INTEGER = re.compile(r"-?[0-9]+")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from empo.data.ed import ED_HEADER, Dialogue
+from empo.data.dialogue import ED_HEADER, Dialogue
 from empo.data.templates import CLOSINGS, OPENERS, PEOPLE, TIMES
 from empo.data.templates import EMOTIONS as TEMPLATES
 

@@ -16,44 +16,20 @@ import re
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from empo.config import ExperimentConfig, from_dict, project_root, read_yaml
 from empo.errors import ConfigError, EmpoError
-from empo.store import atomic_write_text
+from empo.results import table
+from empo.results.compare import compare_rows, read_table_csv
+from empo.results.compare import to_csv as compare_csv
+from empo.results.compare import to_markdown as compare_markdown
+from empo.results.rows import METRICS, Row, Runs, Stat
+from empo.results.sweep import variant_order
 from empo.stages import metric_keys
-
-METRICS = tuple(metric_keys(("mmlu", "epitome", "bertscore")))  # the table's column order
+from empo.store import atomic_write_text
 
 _SEED_DIR = re.compile(r"^seed-(-?\d+)$")
-
-Runs = dict[str, dict[int, dict[str, float]]]  # variant -> seed -> metric -> value
-
-
-@dataclass
-class Stat:
-    """One table cell: mean and sample SD over the runs reporting the metric."""
-
-    mean: float | None
-    sd: float | None
-    n: int
-
-
-@dataclass
-class Row:
-    """One variant of the table."""
-
-    variant: str
-    n: int                                   # runs whose metrics.json was read
-    expected: int                            # seeds expected for the variant
-    stats: dict[str, Stat]
-    missing: list[str] = field(default_factory=list)  # "seed-3", "mmlu@seed-2"
-
-    def incomplete(self, metric: str) -> bool:
-        """True if the metric's cell averages fewer runs than expected because of a flagged gap."""
-        gap = any(m.startswith("seed-") or m.startswith(f"{metric}@") for m in self.missing)
-        return gap and self.stats[metric].n < self.expected
 
 
 # ---------------------------------------------------------------------------- arithmetic (pure)
@@ -177,7 +153,6 @@ def experiment_config(experiment_dir: Path) -> ExperimentConfig | None:
 def load_rows(experiment_dir: Path, cfg: ExperimentConfig | None = None,
               skip_bad: bool = False) -> tuple[list[Row], Runs]:
     """Read the run store and summarize it: (rows in table order, the per-seed metrics)."""
-    from empo.results.sweep import variant_order
 
     cfg = cfg if cfg is not None else experiment_config(experiment_dir)
     runs, dirs, bad = collect_runs(experiment_dir, skip_bad)
@@ -197,8 +172,6 @@ def aggregate(experiment_dir: Path, cfg: ExperimentConfig | None = None, skip_ba
     Everything is read and formatted before the first write, and each file is written atomically:
     an error leaves no new or partial table behind.
     """
-    from empo.results import table
-
     experiment_dir = Path(experiment_dir)
     rows, _ = load_rows(experiment_dir, cfg, skip_bad)
     outputs = {
@@ -207,11 +180,9 @@ def aggregate(experiment_dir: Path, cfg: ExperimentConfig | None = None, skip_ba
         "table.tex": table.to_latex(rows),
     }
     if compare is not None:
-        from empo.results.compare import compare_rows, read_table_csv, to_csv, to_markdown
-
         comparisons = compare_rows(rows, read_table_csv(Path(compare)))
-        outputs["compare.csv"] = to_csv(comparisons)
-        outputs["compare.md"] = to_markdown(comparisons, Path(compare).name)
+        outputs["compare.csv"] = compare_csv(comparisons)
+        outputs["compare.md"] = compare_markdown(comparisons, Path(compare).name)
     for name, text in outputs.items():
         atomic_write_text(experiment_dir / name, text)
     return experiment_dir / "table.csv"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from empo.errors import EmpoError
-from empo.results.aggregate import METRICS, Row, Stat
+from empo.results.rows import METRICS, Row, Stat
 from empo.results.table import HIGHER_IS_BETTER, LABELS, csv_text, fmt_mean, fmt_number, fmt_sd
 
 Reference = dict[str, dict[str, Stat]]  # variant -> metric -> Stat

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from empo.results.aggregate import METRICS, Row
+from empo.results.rows import METRICS, Row
 
 HIGHER_IS_BETTER = {"mmlu": True, "diff_er": False, "diff_ex": False, "diff_ip": False,
                     "fbert": True}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from empo.data.ed import ED_HEADER
+from empo.data.dialogue import ED_HEADER
 from empo.data.synthetic import write_ed_corpus
 
 SIZES = {"train": 6, "valid": 2, "test": 2}

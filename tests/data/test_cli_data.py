@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from empo.cli import main
-from empo.data.ed import ED_HEADER, load_dialogues
+from empo.data.dialogue import ED_HEADER
+from empo.data.ed import load_dialogues
 from empo.data.emotions import default_table_path
 from empo.data.synthetic import EMOTIONS
 
