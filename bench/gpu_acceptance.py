@@ -76,7 +76,7 @@ def train_case(stage: str, cfg, tmp: Path, steps: int, sft_adapter: Path | None,
     import torch
     from transformers import TrainerCallback
 
-    from empo.plan import GIB, plan_memory
+    from empo.train.memory import GIB, plan_memory
 
     stamps: dict[int, float] = {}
 

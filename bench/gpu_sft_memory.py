@@ -90,7 +90,7 @@ def main() -> None:
 
     from empo.assets import ensure_tiny_assets
     from empo.config import load_config
-    from empo.plan import GIB, format_plan, plan_memory
+    from empo.train.memory import GIB, format_plan, plan_memory
     from empo.train.sft import build_sft_trainer
 
     with tempfile.TemporaryDirectory(prefix="empo-gpu-sft-") as tmp_name:

@@ -94,7 +94,7 @@ def default_throughput(params: int) -> float:
 def estimate(cfg: ExperimentConfig, throughput: float | None = None) -> Estimate:
     """GPU-hours of every stage of the graph that uses a GPU."""
     from empo.pipeline import build_graph
-    from empo.plan import plan_memory
+    from empo.train.memory import plan_memory
 
     params = plan_memory(cfg, "sft").base_params
     source = ("--throughput" if throughput else

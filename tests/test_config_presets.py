@@ -54,7 +54,7 @@ def test_bad_values_are_refused(override, match):
 
 
 def test_plan_accounts_for_the_nf4_base_and_the_saved_modules():
-    from empo.plan import plan_memory
+    from empo.train.memory import plan_memory
 
     quantized = plan_memory(load_config(PRESET), "sft")
     full = plan_memory(load_config(PRESET, ["model.quantization=none", "lora.modules_to_save=[]"]),

@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace, kind: str, variant: str) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from empo.plan import plan_text
+    from empo.train.memory import plan_text
 
     cfg = load_experiment(args)
     print(plan_text(cfg, args.stage, args.gpus, args.nodes))

@@ -364,7 +364,7 @@ def _accounting(cfg: ExperimentConfig) -> list[Problem]:
 
 def check_memory(cfg: ExperimentConfig, pending) -> list[Problem]:
     """`empo plan`'s per-GPU memory of each pending training stage fits cluster.gpu_memory_gb."""
-    from empo.plan import GIB, RUNTIME_OVERHEAD_GIB, plan_memory
+    from empo.train.memory import GIB, RUNTIME_OVERHEAD_GIB, plan_memory
 
     problems = []
     seen = set()

@@ -8,7 +8,7 @@ import pytest
 
 from empo.config import load_config
 from empo.errors import ConfigError
-from empo.plan import format_plan, plan_memory
+from empo.train.memory import format_plan, plan_memory
 from trainutil import PROJECT_ROOT
 
 TABLE1 = PROJECT_ROOT / "configs" / "experiments" / "table1.yaml"
