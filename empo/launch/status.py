@@ -15,6 +15,7 @@ from typing import Any
 
 from empo.errors import LaunchError
 from empo.launch.accounting import JobInfo, exception_line, job_info
+from empo.launch.accounting import slurm_job_info
 from empo.pipeline import Graph
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -147,17 +148,14 @@ def _ancestors(deps: tuple[str, ...], graph: Graph) -> set[str]:
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """SLURM state of each job id (array tasks included): squeue for the jobs still in the queue
-    (what it says is current), sacct (through submitit's watcher) for the ones that left it."""
+    (what it says is current), sacct for the ones that left it; UNKNOWN where neither answers
+    (no accounting). SLURM's own commands, not submitit's internals."""
     states = squeue_states(job_ids)
     ended = [job_id for job_id in job_ids if job_id not in states]
     if ended:
-        from submitit.slurm.slurm import SlurmInfoWatcher
-
-        watcher = SlurmInfoWatcher(delay_s=60)
-        for job_id in ended:
-            watcher.register_job(str(job_id))
-        watcher.update()
-        states.update({job_id: watcher.get_state(str(job_id), mode="cache") for job_id in ended})
+        info = slurm_job_info(ended)
+        states.update({job_id: info[job_id].state if job_id in info else "UNKNOWN"
+                       for job_id in ended})
     return states
 
 
