@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.errors import LaunchError
-from empo.launch.accounting import JobInfo, exception_line, job_info
-from empo.launch.accounting import slurm_job_info
+from empo.launch.accounting import JobInfo, exception_line, job_info, slurm_job_info
 from empo.pipeline import Graph
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
