@@ -3,8 +3,9 @@
 `slurm_cluster` reuses the cluster CI started (SLURM_CONF set) or starts one with
 scripts/slurm-cluster in a temp dir and stops it at the end. `container_image` builds (or reuses
 from its cache) the local image with scripts/container-image and picks a runtime that runs it.
-Both skip with the reason where the machine lacks what they need, except under CI=true, where
-that is a failure: CI installs everything (scripts/ci-deps) and must run these tests.
+`docker_image` refreshes the image scripts/docker-image built from docker/Dockerfile. All skip
+with the reason where the machine lacks what they need, except under CI=true, where that is a
+failure: CI installs and builds everything (scripts/ci-deps, .ci/run) and must run these tests.
 """
 from __future__ import annotations
 
@@ -154,14 +155,19 @@ def _parse_exports(text: str) -> dict[str, str]:
     return env
 
 
+def _container_cache() -> Path:
+    """Where scripts/container-image and scripts/docker-image keep their builds."""
+    return Path(os.environ.get("EMPO_CONTAINER_CACHE")
+                or Path.home() / ".cache" / "empo" / "container")
+
+
 @pytest.fixture(scope="session")
 def container_image() -> ContainerImage:
     """scripts/container-image build (cached in $EMPO_CONTAINER_CACHE or ~/.cache/empo/container);
     EMPO_TEST_CONTAINER_RUNTIME picks the runtime among those that work."""
     if shutil.which("podman") is None and shutil.which("ch-run") is None:
         unavailable("no container runtime found (podman with runc, or charliecloud's ch-run)")
-    cache = Path(os.environ.get("EMPO_CONTAINER_CACHE")
-                 or Path.home() / ".cache" / "empo" / "container")
+    cache = _container_cache()
     built = (cache / "rootfs.stamp").exists()
     if not built and (shutil.which("debootstrap") is None or os.geteuid() != 0):
         unavailable("building the test image needs root and debootstrap")
@@ -192,3 +198,31 @@ def container_image() -> ContainerImage:
         runtimes=runtimes,
         env=env,
     )
+
+
+@dataclass(frozen=True)
+class DockerImage:
+    """The image built from docker/Dockerfile by scripts/docker-image (podman, stand-in base)."""
+
+    image: str                     # localhost/empo:ci: what cluster.container.image takes
+    base: str                      # the stand-in for the CUDA base it was built on
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> DockerImage:
+    """The docker/Dockerfile image, brought up to date with the checkout (podman's layer cache:
+    seconds, or about 30 s when empo/ changed). Its first build (about 7 min) is CI's (.ci/run):
+    where it was never built, or podman is absent, the tests skip with the reason."""
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        unavailable("podman with runc not found (scripts/ci-deps installs them)")
+    cache = _container_cache()
+    if not (cache / "docker-image.stamp").exists():
+        unavailable(f"no docker/Dockerfile image built here yet: run scripts/docker-image build "
+                    f"{cache} (about 7 min on 2 cores; .ci/run does)")
+    run = subprocess.run([str(SCRIPTS / "docker-image"), "build", str(cache)], capture_output=True,
+                         text=True, timeout=1800)
+    if run.returncode != 0:  # it built here before: a failure now is the checkout's
+        pytest.fail(f"scripts/docker-image build failed:\n{run.stderr[-3000:]}", pytrace=False)
+    info = _parse_exports(run.stdout)
+    os.environ["CONTAINERS_CONF"] = info["CONTAINERS_CONF"]  # runc + lowered ulimits
+    return DockerImage(image=info["EMPO_TEST_DOCKER_IMAGE"], base=info["EMPO_TEST_DOCKER_BASE"])
