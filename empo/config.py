@@ -315,6 +315,11 @@ class ExperimentConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     root: Path = field(default_factory=Path.cwd, repr=False, compare=False)
 
+    def local_or_name(self, value: str) -> str:
+        """A config path that exists, made absolute; else the value as given (a Hub id)."""
+        path = self.resolve(value)
+        return str(path) if path.exists() else value
+
     def resolve(self, value: str | Path) -> Path:
         """A path from the config, absolute (see `resolve_path`)."""
         return resolve_path(value, self.root)

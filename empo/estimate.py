@@ -61,12 +61,11 @@ def token_counts(cfg: ExperimentConfig) -> tuple[dict[str, int], str]:
     chosen and prompt + rejected), generate (prompts + max_new_tokens), mmlu."""
     from empo.data.chat import eligible, target_index
     from empo.data.ed import load_dialogues
-    from empo.train.sft import data_source
 
     count, how = _counter(cfg)
-    train = eligible(load_dialogues(data_source(cfg), cfg.data.train_split,
+    train = eligible(load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split,
                                     cfg.data.revision).dialogues)
-    test = eligible(load_dialogues(data_source(cfg), cfg.data.eval_split,
+    test = eligible(load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.eval_split,
                                    cfg.data.revision).dialogues)
     if cfg.data.max_eval_examples is not None:
         test = test[: cfg.data.max_eval_examples]

@@ -241,13 +241,12 @@ CHECKPOINTS = "checkpoints"  # the trained files, inside the stage's directory
 
 def stage_fields(cfg) -> dict[str, Any]:
     """The training fields of an experiment's `eval.epitome` (checkpoints: train)."""
-    from empo.evaluate.stages import local_or_name
 
     settings = cfg.eval.epitome
     if not settings.train_data:
         raise DataError("eval.epitome.checkpoints is 'train' but eval.epitome.train_data is not set")
-    return training_fields(cfg.resolve(settings.train_data), local_or_name(cfg, settings.encoder),
-                           local_or_name(cfg, settings.tokenizer), settings.train_seed, Recipe())
+    return training_fields(cfg.resolve(settings.train_data), cfg.local_or_name(settings.encoder),
+                           cfg.local_or_name(settings.tokenizer), settings.train_seed, Recipe())
 
 
 def trained_dir(cfg) -> Path:

@@ -284,7 +284,6 @@ def epitome_train_stage(cfg, directory: Path) -> Path:
     `directory`/checkpoints (`directory` is named by their fingerprint), then stage.json and the
     DONE marker. Checkpoints finished by an interrupted run are kept, not retrained."""
     from empo.evaluate.epitome_data import CHECKPOINTS, STAGE, stage_fields
-    from empo.evaluate.stages import local_or_name
     from empo.store import atomic_write_json, is_done, mark_done
 
     directory = Path(directory)
@@ -294,8 +293,8 @@ def epitome_train_stage(cfg, directory: Path) -> Path:
     settings = cfg.eval.epitome
     fields = stage_fields(cfg)
     if not (out / REPORT).exists():
-        train_classifiers(cfg.resolve(settings.train_data), local_or_name(cfg, settings.encoder),
-                          out, tokenizer=local_or_name(cfg, settings.tokenizer),
+        train_classifiers(cfg.resolve(settings.train_data), cfg.local_or_name(settings.encoder),
+                          out, tokenizer=cfg.local_or_name(settings.tokenizer),
                           seed=settings.train_seed)
     atomic_write_json(directory / "stage.json",
                       {"kind": STAGE, "fingerprint": fingerprint(fields), "fields": fields})

@@ -71,18 +71,12 @@ def bertscore_file(predictions: Path, model: str = "roberta-large", num_layers: 
 # ----------------------------------------------------------------------------- helpers
 
 
-def local_or_name(cfg: ExperimentConfig, value: str) -> str:
-    """A config path that exists (made absolute), else the value as given (a Hub id)."""
-    path = cfg.resolve(value)
-    return str(path) if path.exists() else value
-
-
 def eval_examples(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """The eval split as generation inputs (DESIGN §3), first `data.max_eval_examples` only."""
     from empo.data.chat import eligible, eval_example
     from empo.data.ed import load_dialogues
 
-    result = load_dialogues(local_or_name(cfg, cfg.data.source), cfg.data.eval_split,
+    result = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.eval_split,
                             cfg.data.revision)
     dialogues = eligible(result.dialogues)
     if cfg.data.max_eval_examples is not None:
@@ -128,7 +122,7 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(cfg)  # the system prompt is already in each prompt
     settings = GenerationSettings.from_config(cfg.eval.generation)
-    base = local_or_name(cfg, cfg.model.name_or_path)
+    base = cfg.local_or_name(cfg.model.name_or_path)
     template = str(cfg.resolve(cfg.model.chat_template)) if cfg.model.chat_template else None
     if backend == "vllm":
         from empo.evaluate.vllm_backend import generate_vllm
@@ -172,8 +166,8 @@ def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
                         "finetuned_ER.pth, finetuned_EX.pth and finetuned_IP.pth, or 'train' "
                         "(trained from eval.epitome.train_data, see `empo epitome train`)")
     metrics = epitome_file(run_dir / PREDICTIONS, checkpoints or cfg.resolve(settings.checkpoints),
-                           local_or_name(cfg, settings.encoder),
-                           local_or_name(cfg, settings.tokenizer), settings.padding,
+                           cfg.local_or_name(settings.encoder),
+                           cfg.local_or_name(settings.tokenizer), settings.padding,
                            settings.batch_size, per_item=run_dir / "epitome_items.jsonl",
                            drop_empty=cfg.eval.drop_empty_predictions)
     return _finish(run_dir, "epitome", metrics)
@@ -185,7 +179,7 @@ def bertscore_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     if is_done(run_dir, "bertscore"):
         return _stored(run_dir, BERTSCORE_KEYS)
     settings = cfg.eval.bertscore
-    metrics = bertscore_file(run_dir / PREDICTIONS, local_or_name(cfg, settings.model),
+    metrics = bertscore_file(run_dir / PREDICTIONS, cfg.local_or_name(settings.model),
                              settings.num_layers, settings.batch_size,
                              settings.rescale_with_baseline,
                              drop_empty=cfg.eval.drop_empty_predictions)
@@ -201,7 +195,7 @@ def mmlu_stage(cfg: ExperimentConfig, run_dir: Path, adapter: Path | None) -> di
         return _stored(run_dir, MMLU_KEYS)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = cfg.eval.mmlu
-    metrics = run_mmlu(local_or_name(cfg, cfg.model.name_or_path), adapter, settings.tasks,
+    metrics = run_mmlu(cfg.local_or_name(cfg.model.name_or_path), adapter, settings.tasks,
                        settings.num_fewshot,
                        cfg.resolve(settings.include_path) if settings.include_path else None,
                        settings.batch_size, settings.limit, cfg.model.dtype,

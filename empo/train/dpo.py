@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from empo import models, options
 from empo.errors import TrainError
 from empo.train import common
-from empo.train.sft import data_source
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -87,7 +86,7 @@ def preference_dataset(cfg: "ExperimentConfig", seed: int,
     from empo.data.emotions import load_table
     from empo.data.preference import preference_pairs
 
-    loaded = load_dialogues(data_source(cfg), cfg.data.train_split, cfg.data.revision)
+    loaded = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
     table = load_table(cfg.resolve(cfg.data.emotion_table))
     rows = preference_pairs(
         loaded.dialogues, table, epochs=cfg.dpo.num_train_epochs, seed=seed,

@@ -25,12 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def data_source(cfg: "ExperimentConfig") -> str:
-    """`data.source` as a local absolute path when it exists there, else as given (a Hub id)."""
-    local = cfg.resolve(cfg.data.source)
-    return str(local) if local.exists() else cfg.data.source
-
-
 def sft_dataset(cfg: "ExperimentConfig") -> "Dataset":
     """The training split as conversational rows {conv_id, emotion, messages}."""
     from datasets import Dataset
@@ -38,7 +32,7 @@ def sft_dataset(cfg: "ExperimentConfig") -> "Dataset":
     from empo.data.chat import has_target, sft_example
     from empo.data.ed import load_dialogues
 
-    loaded = load_dialogues(data_source(cfg), cfg.data.train_split, cfg.data.revision)
+    loaded = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
     system_prompt = cfg.system_prompt("sft")
     rows = [sft_example(d, system_prompt) for d in loaded.dialogues if has_target(d)]
     if not rows:

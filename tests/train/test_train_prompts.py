@@ -13,9 +13,8 @@ SYSTEM = "You are a friendly assistant."
 def generation_ids(cfg, example):
     """The token ids generation feeds the model for one eval example (the eval stage's path)."""
     from empo.evaluate.generate import load_generator, prompt_ids
-    from empo.evaluate.stages import local_or_name
 
-    _, tokenizer = load_generator(local_or_name(cfg, cfg.model.name_or_path), dtype="float32",
+    _, tokenizer = load_generator(cfg.local_or_name(cfg.model.name_or_path), dtype="float32",
                                   add_bos=cfg.model.add_bos)
     return prompt_ids(tokenizer, example["prompt"]), tokenizer
 
