@@ -418,6 +418,11 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     return value
 
 
+def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """One config section from plain data (e.g. command-line options), checked like a config."""
+    return _build(cls, raw, prefix)
+
+
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     fields = _field_types(cls)
     kwargs: dict[str, Any] = {}

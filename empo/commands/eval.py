@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from empo.validate import check_non_negative_int as non_negative_int
-from empo.validate import check_positive_int as positive_int
+from empo.commands.common import add_section_options, section_from_args
+from empo.config import BertScoreConfig, EpitomeConfig, GenerationConfig, MMLUConfig
 from empo.validate import check_seed as seed
+
+# `eval.epitome` fields that are not options of `empo eval epitome` (--checkpoints names a directory)
+# --tokenizer defaults to --encoder here (a directory is usually both)
+EPITOME_SKIP = ("checkpoints", "tokenizer", "train_data", "train_seed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--adapter", type=Path, help="peft adapter directory")
     gen.add_argument("--data", required=True, type=Path, help="eval examples (empo data eval)")
     gen.add_argument("--out", required=True, type=Path, help="predictions.jsonl to write")
-    gen.add_argument("--batch-size", type=positive_int, default=32)
-    gen.add_argument("--max-new-tokens", type=positive_int, default=128)
-    gen.add_argument("--do-sample", action="store_true", help="sample (default: greedy)")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
+    add_section_options(gen, GenerationConfig, "eval.generation")
     gen.add_argument("--system-prompt", help="system message for prompts that have none")
     gen.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     gen.add_argument("--chat-template", help=".jinja file replacing the tokenizer's template")
@@ -34,32 +34,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     epi.add_argument("--input", required=True, type=Path, help="predictions.jsonl")
     epi.add_argument("--checkpoints", required=True, type=Path,
                      help="directory with finetuned_ER.pth, finetuned_EX.pth, finetuned_IP.pth")
-    epi.add_argument("--encoder", default="roberta-base", help="encoder config (id or directory)")
+    add_section_options(epi, EpitomeConfig, "eval.epitome", skip=EPITOME_SKIP)
     epi.add_argument("--tokenizer", help="tokenizer (id or directory; default: --encoder)")
-    epi.add_argument("--padding", default="none", choices=("none", "max_length"))
-    epi.add_argument("--batch-size", type=positive_int, default=32)
     epi.add_argument("--out", required=True, type=Path, help="metrics.json to merge into")
     epi.add_argument("--per-item", type=Path, help="JSONL of per-example levels")
     epi.set_defaults(handler=_epitome)
 
     bert = actions.add_parser("bertscore", help="BERTScore of predictions vs references")
     bert.add_argument("--input", required=True, type=Path, help="predictions.jsonl")
-    bert.add_argument("--model", default="roberta-large", help="encoder (id or directory)")
-    bert.add_argument("--num-layers", type=positive_int, help="layer to use (required for a directory)")
-    bert.add_argument("--batch-size", type=positive_int, default=64)
-    bert.add_argument("--rescale-with-baseline", action="store_true")
+    add_section_options(bert, BertScoreConfig, "eval.bertscore")
     bert.add_argument("--out", required=True, type=Path, help="metrics.json to merge into")
     bert.set_defaults(handler=_bertscore)
 
     mmlu = actions.add_parser("mmlu", help="MMLU accuracy through lm-evaluation-harness")
     mmlu.add_argument("--model", required=True, help="base model (Hub id or directory)")
     mmlu.add_argument("--adapter", type=Path, help="peft adapter directory")
-    mmlu.add_argument("--tasks", nargs="+", default=["mmlu"],
-                      help="lm-eval tasks/groups; `mmlu` metric = the first one's accuracy")
-    mmlu.add_argument("--num-fewshot", type=non_negative_int, default=5)
-    mmlu.add_argument("--include-path", type=Path, help="directory of local lm-eval task YAMLs")
-    mmlu.add_argument("--limit", type=positive_int, help="at most N documents per task")
-    mmlu.add_argument("--batch-size", type=positive_int, default=8)
+    add_section_options(mmlu, MMLUConfig, "eval.mmlu")
     mmlu.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     mmlu.add_argument("--out", required=True, type=Path,
                       help="metrics.json to merge into (mmlu_results.json is written beside it)")
@@ -87,9 +77,8 @@ def _generate(args: argparse.Namespace) -> int:
     from empo.evaluate.generate import GenerationSettings, generate_file
 
     _check_out(args.out, args)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                                  temperature=args.temperature, top_p=args.top_p,
-                                  batch_size=args.batch_size, system_prompt=args.system_prompt)
+    settings = GenerationSettings.from_config(
+        section_from_args(args, GenerationConfig, "eval.generation"), args.system_prompt)
     out = generate_file(args.data, args.out, args.model, args.adapter, settings, dtype=args.dtype,
                         chat_template=args.chat_template, seed=args.seed)
     print(out)
@@ -102,8 +91,9 @@ def _epitome(args: argparse.Namespace) -> int:
     _check_out(args.out, args)
     if args.per_item is not None:
         _check_out(args.per_item, args)
-    metrics = epitome_file(args.input, args.checkpoints, args.encoder, args.tokenizer,
-                           args.padding, args.batch_size, per_item=args.per_item)
+    epitome = section_from_args(args, EpitomeConfig, "eval.epitome", skip=EPITOME_SKIP)
+    metrics = epitome_file(args.input, args.checkpoints, epitome.encoder, args.tokenizer,
+                           epitome.padding, epitome.batch_size, per_item=args.per_item)
     _report(args.out, metrics)
     return 0
 
@@ -112,8 +102,9 @@ def _bertscore(args: argparse.Namespace) -> int:
     from empo.evaluate.stages import bertscore_file
 
     _check_out(args.out, args)
-    metrics = bertscore_file(args.input, args.model, args.num_layers, args.batch_size,
-                             args.rescale_with_baseline)
+    bert = section_from_args(args, BertScoreConfig, "eval.bertscore")
+    metrics = bertscore_file(args.input, bert.model, bert.num_layers, bert.batch_size,
+                             bert.rescale_with_baseline)
     _report(args.out, metrics)
     return 0
 
@@ -122,8 +113,9 @@ def _mmlu(args: argparse.Namespace) -> int:
     from empo.evaluate.mmlu import run_mmlu
 
     _check_out(args.out, args)
-    metrics = run_mmlu(args.model, args.adapter, args.tasks, args.num_fewshot, args.include_path,
-                       args.batch_size, args.limit, args.dtype,
+    mmlu = section_from_args(args, MMLUConfig, "eval.mmlu")
+    metrics = run_mmlu(args.model, args.adapter, mmlu.tasks, mmlu.num_fewshot, mmlu.include_path,
+                       mmlu.batch_size, mmlu.limit, args.dtype,
                        results_path=args.out.parent / "mmlu_results.json")
     _report(args.out, metrics)
     return 0

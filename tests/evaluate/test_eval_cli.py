@@ -142,3 +142,26 @@ def test_bertscore_local_model_needs_layers(tiny_assets, predictions, tmp_path, 
                  str(tiny_assets / "bertscore"), "--out", str(out)]) == 2
     assert "give its layer count" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_eval_options_come_from_the_config_sections(capsys):
+    """`empo eval` options are the `eval.*` config fields: same defaults, same checks."""
+    import dataclasses
+
+    from empo.cli import build_parser
+    from empo.config import BertScoreConfig, GenerationConfig, MMLUConfig
+
+    parser = build_parser()
+    for action, cls, fixed in (("generate", GenerationConfig, ["--model", "m", "--data", "d"]),
+                               ("bertscore", BertScoreConfig, ["--input", "p"]),
+                               ("mmlu", MMLUConfig, ["--model", "m"])):
+        args = parser.parse_args(["eval", action, *fixed, "--out", "o"])
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else f.default
+            assert getattr(args, f.name) == default, (action, f.name)
+    from empo.cli import main
+
+    assert main(["eval", "bertscore", "--input", "p.jsonl", "--batch-size", "0",
+                 "--out", "metrics.json"]) == 2
+    assert "eval.bertscore.batch_size: 0 is out of range" in capsys.readouterr().err
