@@ -16,7 +16,7 @@ import pytest
 from empo.cli import main
 from empo.config import load_config
 from empo.evaluate.epitome_layout import checkpoint_problems, state_dict_shapes
-from empo.hub import experiment_assets
+from empo.hub import experiment_assets, hub_environment
 from empo.launch.preflight import check_assets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +186,11 @@ def test_fetch_fills_a_fresh_cache_that_offline_preflight_then_accepts(tiny, tmp
     assert main(["fetch", *args]) == 0 and calls == ["empo-test/tiny-model"]  # idempotent
     assert "cached" in capsys.readouterr().out
     assert main(["config", "validate", *args, "--preflight"]) == 0
+    # a stage then runs from that cache alone, with the Hub offline (as on a compute node)
+
+    env = {**os.environ, **hub_environment(load_config(args[0], args[1:]))}
+    done = subprocess.run([sys.executable, "-m", "empo.cli", "stage", "generate", *args,
+                           "--variant", "baseline", "--seed", "1"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generate/baseline/seed-1: done" in done.stdout
