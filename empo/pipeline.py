@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from empo.config import ExperimentConfig
+from empo.distributed import process_rank
 from empo.errors import EmpoError, LaunchError
 from empo.fingerprint import fingerprint, identity_fields
 from empo.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
@@ -132,7 +132,7 @@ class Stage:
         Outputs of an earlier run under another fingerprint, or that no longer parse, are moved
         aside first, never deleted; the fingerprint is recorded when the stage starts and ends."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if int(os.environ.get("RANK", "0")) != 0:  # ranks > 0 of a training job: rank 0 locks
+        if self.kind in TRAINING and process_rank() != 0:  # ranks > 0: rank 0 holds the lock
             return self._call()
         with stage_lock(self.directory, self.kind, self.key):
             if self.is_done():  # finished by another process while this one waited in the queue
@@ -382,27 +382,6 @@ def with_fingerprints(ordered: list[Stage]) -> dict[str, Stage]:
 
 # ----------------------------------------------------------------------------- running stages
 
-def export_distributed_env() -> dict[str, str] | None:
-    """Inside a multi-task submitit or SLURM job step: export MASTER_ADDR, MASTER_PORT, RANK,
-    WORLD_SIZE, LOCAL_RANK from the job (submitit's TorchDistributedEnvironment). With one task
-    nothing is exported: the stages' single-process defaults apply. CUDA_VISIBLE_DEVICES is left
-    alone so each rank picks cuda:LOCAL_RANK the way accelerate/DeepSpeed expect."""
-    if "SUBMITIT_EXECUTOR" not in os.environ:
-        if "RANK" in os.environ or "SLURM_STEP_ID" not in os.environ:
-            return None  # not in a job, or the launcher (jobs/*.sbatch, torchrun) set it already
-        os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # an srun step of a plain sbatch script
-    from submitit import JobEnvironment
-    from submitit.helpers import TorchDistributedEnvironment
-
-    if JobEnvironment().num_tasks <= 1:
-        return None
-    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    names = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    log.info("torch distributed env: rank %s of %s, master %s:%s", env.rank, env.world_size,
-             env.master_addr, env.master_port)
-    return {name: os.environ[name] for name in names}
-
-
 class StageError(EmpoError):
     """One or more stages of a job failed (the first failure is the cause)."""
 
@@ -423,8 +402,6 @@ class StageCall:
             finish_streams()
 
     def _run_stages(self) -> dict[str, str]:
-        if any(stage.kind in TRAINING for stage in self.stages):
-            export_distributed_env()
         outcome: dict[str, str] = {}
         errors: dict[str, Exception] = {}
         for stage in self.stages:

@@ -7,6 +7,7 @@ resumed or retrained). Only rank 0 writes files other than the checkpoints DeepS
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -14,10 +15,11 @@ import logging
 import math
 import os
 import shutil
-import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from empo.distributed import distributed_env, scoped
 from empo.errors import TrainError
 from empo.store import atomic_write_jsonl, atomic_write_text, is_done, mark_done
 from empo.trainer_fields import REFUSED
@@ -41,20 +43,16 @@ LOG_FIELDS = (
 # ------------------------------------------------------------------------ distributed env
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ensure_distributed_env() -> dict[str, str]:
-    """torchrun-style variables; a lone process with none set gets rank 0 of a world of 1."""
-    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
-    return {k: os.environ[k] for k in (*defaults, "MASTER_PORT")}
+@contextlib.contextmanager
+def training_env() -> Iterator[dict[str, str]]:
+    """The torch distributed environment (`empo.distributed`) in os.environ while a training
+    stage builds and trains, and not after."""
+    env = distributed_env()
+    if env.get("WORLD_SIZE", "1") != "1":
+        log.info("torch distributed env: rank %s of %s, master %s:%s", env["RANK"],
+                 env["WORLD_SIZE"], env.get("MASTER_ADDR"), env.get("MASTER_PORT"))
+    with scoped(env):
+        yield env
 
 
 def world_size() -> int:

@@ -136,7 +136,6 @@ def build_dpo_trainer(
     if cfg.dpo.num_train_epochs < 1 or int(cfg.dpo.num_train_epochs) != cfg.dpo.num_train_epochs:
         raise TrainError(f"dpo.num_train_epochs: {cfg.dpo.num_train_epochs} must be a whole number >= 1 "
                          "(one preference draw per epoch)")
-    common.ensure_distributed_env()
     models.check_adapter_dir(Path(sft_adapter), what="SFT adapter")
     models.resolve_model_path(cfg)
     models.check_lora_values(cfg)
@@ -195,6 +194,7 @@ def train_dpo(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Pa
     if done is not None:
         log.info("DPO seed %s is done: %s", seed, done)
         return done
-    trainer = build_dpo_trainer(cfg, seed, out_dir, Path(sft_adapter))
-    common.start_stage(cfg, out_dir)
-    return common.run_training(trainer, out_dir)
+    with common.training_env():  # the distributed variables exist while it trains
+        trainer = build_dpo_trainer(cfg, seed, out_dir, Path(sft_adapter))
+        common.start_stage(cfg, out_dir)
+        return common.run_training(trainer, out_dir)

@@ -48,7 +48,6 @@ def build_sft_trainer(
     import trl
     from trl import SFTConfig, SFTTrainer
 
-    common.ensure_distributed_env()
     models.resolve_model_path(cfg)
     models.check_lora_values(cfg)
     kwargs = common.trainer_kwargs(cfg, "sft", seed, out_dir, SFTConfig)
@@ -94,6 +93,7 @@ def train_sft(cfg: "ExperimentConfig", seed: int, out_dir: Path) -> Path:
     if done is not None:
         log.info("SFT seed %s is done: %s", seed, done)
         return done
-    trainer = build_sft_trainer(cfg, seed, out_dir)
-    common.start_stage(cfg, out_dir)
-    return common.run_training(trainer, out_dir)
+    with common.training_env():  # the distributed variables exist while it trains
+        trainer = build_sft_trainer(cfg, seed, out_dir)
+        common.start_stage(cfg, out_dir)
+        return common.run_training(trainer, out_dir)

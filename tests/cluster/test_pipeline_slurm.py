@@ -23,7 +23,8 @@ from empo.launch import job_resources, make_executor
 from empo.launch.manifest import read_manifest
 from empo.launch.status import experiment_status
 from empo.launch.experiment import write_experiment
-from empo.pipeline import build_graph, export_distributed_env, stage_call
+from empo.distributed import distributed_env, scoped
+from empo.pipeline import build_graph, stage_call
 from empo.store import is_done, mark_done, run_dir
 from fakes import fake_training, finish_training_and_mmlu
 
@@ -201,14 +202,15 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(sl
 
 def all_reduce_probe() -> dict:
     """A training job's first step: the torch distributed env from SLURM, then gloo."""
-    env = export_distributed_env()
+    env = distributed_env()
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
-    value = torch.tensor([float(dist.get_rank() + 1)])
-    dist.all_reduce(value)
-    dist.destroy_process_group()
+    with scoped(env):
+        dist.init_process_group("gloo")
+        value = torch.tensor([float(dist.get_rank() + 1)])
+        dist.all_reduce(value)
+        dist.destroy_process_group()
     return {"env": env, "sum": value.item()}
 
 

@@ -10,8 +10,9 @@ import cloudpickle
 import pytest
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from empo.distributed import distributed_env, process_rank
 from empo.pipeline import (CheckpointableStageCall, StageCall, StageError, build_graph,
-                           export_distributed_env, stage_call, variants)
+                           stage_call, variants)
 from empo.store import is_done
 from launchutil import finish_all_but, finish_stage
 
@@ -177,18 +178,18 @@ def test_distributed_env_comes_from_the_job_only_with_several_tasks(monkeypatch)
                  "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(name, "")  # recorded, so the test leaves the environment as it was
         monkeypatch.delenv(name)
-    assert export_distributed_env() is None  # a plain process: the stage's own defaults
+    assert distributed_env()["WORLD_SIZE"] == "1"  # a plain process: rank 0 of 1
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
     monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "1")
-    assert export_distributed_env() is None
+    assert distributed_env()["WORLD_SIZE"] == "1" and process_rank() == 0
     monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
     monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
     monkeypatch.setenv("SUBMITIT_LOCAL_LOCALID", "1")
-    env = export_distributed_env()
+    env = distributed_env()
     assert env["RANK"] == "1" and env["WORLD_SIZE"] == "2" and env["LOCAL_RANK"] == "1"
     assert env["MASTER_ADDR"] == socket.gethostname() and int(env["MASTER_PORT"]) >= 20000
-    assert os.environ["RANK"] == "1"
+    assert process_rank() == 1 and "RANK" not in os.environ  # read, not exported
     assert "CUDA_VISIBLE_DEVICES" not in env
 
 

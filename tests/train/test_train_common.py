@@ -98,16 +98,22 @@ def test_deepspeed_json_that_does_not_parse_names_the_file_and_line(make_cfg, tm
         common.load_deepspeed_config(make_cfg(f"sft.deepspeed={bad}"), "sft")
 
 
-def test_single_process_gets_a_distributed_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+def test_single_process_gets_a_distributed_env_only_while_it_trains(monkeypatch):
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR",
+             "SLURM_STEP_ID")
+    for key in names:
         monkeypatch.delenv(key, raising=False)
-    env = common.ensure_distributed_env()
-    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"]) == ("0", "1", "0", "127.0.0.1")
-    assert 0 < int(env["MASTER_PORT"]) < 65536 and os.environ["MASTER_PORT"] == env["MASTER_PORT"]
+    with common.training_env() as env:
+        assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"]) == (
+            "0", "1", "0", "127.0.0.1")
+        assert 0 < int(env["MASTER_PORT"]) < 65536 and os.environ["MASTER_PORT"] == env["MASTER_PORT"]
+        assert common.is_rank_zero() and common.world_size() == 1
+    assert not [key for key in names if key in os.environ]  # nothing leaks past the stage
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert common.ensure_distributed_env()["RANK"] == "1"  # a launcher's values are kept
-    assert not common.is_rank_zero() and common.world_size() == 2
+    with common.training_env() as env:
+        assert env["RANK"] == "1"  # a launcher's values are kept
+        assert not common.is_rank_zero() and common.world_size() == 2
 
 
 def test_last_checkpoint_skips_incomplete_ones(tmp_path):

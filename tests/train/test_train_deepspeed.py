@@ -9,7 +9,7 @@ import pytest
 from trainutil import PROJECT_ROOT, SMOKE, read_log, smoke_overrides, subprocess_env
 
 from empo.store import run_dir
-from empo.train.common import free_port
+from empo.distributed import free_port
 
 STEPS = ["sft.trainer_args={max_steps: 6}", "dpo.trainer_args={max_steps: 6}"]
 

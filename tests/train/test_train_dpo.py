@@ -40,11 +40,12 @@ def dpo_run(make_cfg, sft_run, tmp_path_factory):
 
     cfg = make_cfg()
     out = tmp_path_factory.mktemp("dpo") / "seed-1"
-    trainer = build_dpo_trainer(cfg, 1, out, sft_run / "adapter")
-    recorder = DrawRecorder(trainer)
-    trainer.data_collator = recorder
-    common.start_stage(cfg, out)
-    common.run_training(trainer, out)
+    with common.training_env():
+        trainer = build_dpo_trainer(cfg, 1, out, sft_run / "adapter")
+        recorder = DrawRecorder(trainer)
+        trainer.data_collator = recorder
+        common.start_stage(cfg, out)
+        common.run_training(trainer, out)
     return out, recorder, cfg
 
 
@@ -100,7 +101,10 @@ def test_merged_reference_trains_a_fresh_lora_on_the_merged_sft_model(make_cfg, 
 
 
 def test_other_trl_loss_types_are_a_config_switch(make_cfg, sft_run, tmp_path):
+    from empo.train import common
     from empo.train.dpo import build_dpo_trainer
 
-    trainer = build_dpo_trainer(make_cfg("dpo.loss_type=ipo", "dpo.beta=0.1"), 1, tmp_path, sft_run / "adapter")
+    with common.training_env():
+        trainer = build_dpo_trainer(make_cfg("dpo.loss_type=ipo", "dpo.beta=0.1"), 1, tmp_path,
+                                    sft_run / "adapter")
     assert trainer.loss_types == ["ipo"] and trainer.beta == 0.1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from empo import models
+from empo.train import common
 from empo.errors import ConfigError
 
 SYSTEM = "You are a friendly assistant."
@@ -28,7 +29,8 @@ def test_sft_prompt_part_equals_the_generation_prompt(make_cfg, add_bos, tmp_pat
 
     cfg = make_cfg(f"data.system_prompt={SYSTEM}", f"model.add_bos={str(add_bos).lower()}",
                    "data.train_split=test")  # the same dialogues for both stages
-    trainer = build_sft_trainer(cfg, seed=1, out_dir=tmp_path / "sft")
+    with common.training_env():
+        trainer = build_sft_trainer(cfg, seed=1, out_dir=tmp_path / "sft")
     sft = {row["conv_id"]: row["input_ids"] for row in trainer.train_dataset}
     example = eval_examples(cfg)[0]
     ids, tokenizer = generation_ids(cfg, example)
