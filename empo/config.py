@@ -661,6 +661,24 @@ def read_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _deep_merge(read_with_base(base_path, (*chain, Path(path).resolve())), raw)
 
 
+EXPERIMENT_FILE = "experiment.yaml"  # results/<name>/: the resolved config of the last run
+
+
+def read_experiment(experiment_dir: Path) -> ExperimentConfig | None:
+    """The resolved config the run store keeps (experiment.yaml), or None if there is none."""
+    path = Path(experiment_dir) / EXPERIMENT_FILE
+    if not path.exists():
+        return None
+    raw = read_yaml(path)
+    cluster = raw.get("cluster")
+    if isinstance(cluster, dict):
+        cluster.pop("profile", None)  # already merged into the resolved config
+    try:
+        return from_dict(raw, root=project_root(Path(experiment_dir)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """Load an experiment YAML, apply `key=value` overrides, validate."""
     path = Path(path)

@@ -159,11 +159,11 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _experiment(results_dir: Path):
-    from empo.launch.experiment import EXPERIMENT_FILE
+    from empo.config import EXPERIMENT_FILE
     from empo.pipeline import build_graph
-    from empo.results.aggregate import experiment_config
+    from empo.config import read_experiment
 
-    cfg = experiment_config(results_dir)
+    cfg = read_experiment(results_dir)
     if cfg is None:
         raise LaunchError(f"{results_dir}: no {EXPERIMENT_FILE} (expected results/<experiment> "
                           "written by empo run or empo submit)")

@@ -12,13 +12,12 @@ import datetime
 import logging
 from pathlib import Path
 
-from empo.config import ExperimentConfig
+from empo.config import EXPERIMENT_FILE, ExperimentConfig
 from empo.pipeline import Graph
 from empo.store import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_FILE = "experiment.yaml"
 
 
 def aside_path(experiment_dir: Path) -> Path:

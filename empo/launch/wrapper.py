@@ -170,9 +170,9 @@ def wrapper_config(args: WrapperArgs) -> ExperimentConfig | None:
     from empo.config import load_config
 
     if args.results_dir_mode:
-        from empo.results.aggregate import experiment_config
+        from empo.config import read_experiment
 
-        return experiment_config(Path(args.config))
+        return read_experiment(Path(args.config))
     return load_config(args.config, args.overrides)
 
 

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from empo.config import ExperimentConfig, from_dict, project_root, read_yaml
-from empo.errors import ConfigError, EmpoError
+from empo.config import ExperimentConfig, read_experiment
+from empo.errors import EmpoError
 from empo.results import table
 from empo.results.compare import compare_rows, read_table_csv
 from empo.results.compare import to_csv as compare_csv
@@ -135,26 +135,11 @@ def collect_runs(experiment_dir: Path, skip_bad: bool = False) -> tuple[Runs, di
     return runs, dirs, bad
 
 
-def experiment_config(experiment_dir: Path) -> ExperimentConfig | None:
-    """The resolved config the run store keeps (experiment.yaml), or None if there is none."""
-    path = Path(experiment_dir) / "experiment.yaml"
-    if not path.exists():
-        return None
-    raw = read_yaml(path)
-    cluster = raw.get("cluster")
-    if isinstance(cluster, dict):
-        cluster.pop("profile", None)  # already merged into the resolved config
-    try:
-        return from_dict(raw, root=project_root(Path(experiment_dir)))
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
 def load_rows(experiment_dir: Path, cfg: ExperimentConfig | None = None,
               skip_bad: bool = False) -> tuple[list[Row], Runs]:
     """Read the run store and summarize it: (rows in table order, the per-seed metrics)."""
 
-    cfg = cfg if cfg is not None else experiment_config(experiment_dir)
+    cfg = cfg if cfg is not None else read_experiment(experiment_dir)
     runs, dirs, bad = collect_runs(experiment_dir, skip_bad)
     for path in bad:
         print(f"empo: skipped malformed {path}", file=sys.stderr)

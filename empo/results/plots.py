@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from empo.config import ExperimentConfig
-from empo.results.aggregate import Runs, collect_runs, experiment_config, mean_sd
+from empo.config import read_experiment
+from empo.results.aggregate import Runs, collect_runs, mean_sd
 from empo.store import atomic_path, atomic_write_text
 from empo.results.sweep import SweepPoint, expand_sweep, format_value, variant_order
 from empo.results.table import LABELS, VARIANT_LABELS, csv_text
@@ -270,7 +271,7 @@ def plot(experiment_dir: Path, cfg: ExperimentConfig | None = None,
          skip_bad: bool = False) -> list[Path]:
     """Write every figure the run store has data for under plots/ (PNG + CSV); returns the PNGs."""
     experiment_dir = Path(experiment_dir)
-    cfg = cfg if cfg is not None else experiment_config(experiment_dir)
+    cfg = cfg if cfg is not None else read_experiment(experiment_dir)
     runs, dirs, bad = collect_runs(experiment_dir, skip_bad)
     for path in bad:
         _note(f"skipped malformed {path}")
