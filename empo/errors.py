@@ -22,5 +22,10 @@ class EvalError(EmpoError):
     """An evaluation input or checkpoint that cannot be used."""
 
 
+class ModelError(TrainError, EvalError):
+    """A base model, tokenizer or adapter that cannot be used (by training and evaluation alike:
+    one loader, `empo.models`)."""
+
+
 class LaunchError(EmpoError):
     """A submission that cannot be made: unknown executor, missing image, rejected partition."""

@@ -1,9 +1,11 @@
-"""Base model, tokenizer, chat templates and LoRA adapters (paper §4: Zephyr-7B-sft-full + LoRA).
+"""The one loader of base models, tokenizers and LoRA adapters, for training, generation, MMLU
+and `empo plan` (paper §4: Zephyr-7B-sft-full + LoRA), with the chat templates and BOS handling.
 
-Everything here fails with a `TrainError` naming the path or key before any weights are read:
-`resolve_model_path` (base model), `model_module_names` (meta-device instantiation from the
-config only), `lora_config` (r, alpha, target modules), `check_adapter_dir` (adapter files and
-shapes against the base).
+Checks fail before any weights are read, naming the path or key: `resolve_model_path`,
+`model_module_names` (meta-device instantiation from the config only), `lora_config`,
+`check_adapter_dir` / `check_adapter` (adapter files, and shapes against the base on the meta
+device). Config problems are TrainErrors; an unusable model, tokenizer or adapter is a ModelError
+(a TrainError and an EvalError alike).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from empo.errors import TrainError
+from empo.errors import ModelError, TrainError
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions
     import peft
@@ -176,27 +178,33 @@ def _chat_template_override(cfg: "ExperimentConfig") -> str | None:
     return path.read_text()
 
 
-def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "PreTrainedTokenizerBase":
-    """The base tokenizer with the configured chat template (BOS per `model.add_bos`) and a pad
-    token it already has.
-
-    No token is ever added (no embedding resize): pad = the tokenizer's pad, else unk, else EOS.
-    """
+def load_tokenizer_from(path: str, chat_template: str | None = None, add_bos: bool | str = "auto",
+                        padding_side: str = "right") -> "PreTrainedTokenizerBase":
+    """The one tokenizer loader (training and every generation backend): `chat_template` (text)
+    replacing the tokenizer's, the BOS per `model.add_bos`, and a pad token it already has — no
+    token is ever added (no embedding resize): pad = its pad, else unk, else EOS."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
-    override = _chat_template_override(cfg)
-    if override is not None:
-        tokenizer.chat_template = override
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the tokenizer of '{path}' ({err})") from None
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     if not tokenizer.chat_template:
-        raise TrainError(f"{path}: the tokenizer has no chat template; set model.chat_template")
-    set_bos(tokenizer, cfg.model.add_bos)
+        raise ModelError(f"{path}: the tokenizer has no chat template; set model.chat_template")
+    set_bos(tokenizer, add_bos)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if tokenizer.eos_token is None:
-        raise TrainError(f"{path}: the tokenizer has no EOS token")
+        raise ModelError(f"{path}: the tokenizer has no EOS token")
     return tokenizer
+
+
+def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "PreTrainedTokenizerBase":
+    """The configured base model's tokenizer (`load_tokenizer_from`)."""
+    return load_tokenizer_from(resolve_model_path(cfg), _chat_template_override(cfg),
+                               cfg.model.add_bos, padding_side)
 
 
 def quantization_config(quantization: str, dtype: str) -> Any:
@@ -224,23 +232,31 @@ def quantization_config(quantization: str, dtype: str) -> Any:
                               bnb_4bit_compute_dtype=torch_dtype(dtype))
 
 
-def load_base_model(cfg: "ExperimentConfig") -> "PreTrainedModel":
-    """The base causal LM in `model.dtype` (4-bit NF4 with `model.quantization: nf4`) with the
-    configured attention implementation."""
+def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | None = None,
+                   quantization: str = "none") -> "PreTrainedModel":
+    """The one base-model loader: a causal LM in `dtype` (4-bit NF4 with `quantization: nf4`,
+    placed on this process's GPU) with the attention implementation asked for."""
     from transformers import AutoModelForCausalLM
 
     from empo.options import require_attention
 
-    path = resolve_model_path(cfg)
-    require_attention(cfg.model.attn_implementation)
-    extra: dict[str, Any] = {}
-    quantized = quantization_config(cfg.model.quantization, cfg.model.dtype)
+    require_attention(attn_implementation)
+    kwargs: dict[str, Any] = {"dtype": "auto" if dtype == "auto" else torch_dtype(dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    quantized = quantization_config(quantization, "bfloat16" if dtype == "auto" else dtype)
     if quantized is not None:
-        extra.update(quantization_config=quantized, device_map={"": _local_cuda_device()})
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
-        **extra,
-    )
+        kwargs.update(quantization_config=quantized, device_map={"": _local_cuda_device()})
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load base model '{path}' ({err})") from None
+
+
+def load_base_model(cfg: "ExperimentConfig") -> "PreTrainedModel":
+    """The configured base model (`load_causal_lm`)."""
+    return load_causal_lm(resolve_model_path(cfg), cfg.model.dtype, cfg.model.attn_implementation,
+                          cfg.model.quantization)
 
 
 def _local_cuda_device() -> int:
@@ -375,82 +391,109 @@ def lora_trainable_params(model: "torch.nn.Module", targets: Iterable[str], r: i
 
 
 def check_adapter_dir(adapter_dir: Path, what: str = "adapter") -> dict[str, Any]:
-    """The adapter_config.json of a peft adapter directory; TrainError when it is not one."""
+    """The adapter_config.json of a peft adapter directory; ModelError when it is not one."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
-        raise TrainError(f"{what} {adapter_dir} does not exist")
+        raise ModelError(f"{what} {adapter_dir} does not exist")
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
-        raise TrainError(f"{what} {adapter_dir} has no adapter_config.json (not a peft adapter directory)")
+        raise ModelError(f"{what} {adapter_dir} has no adapter_config.json (not a peft adapter directory)")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
-        raise TrainError(f"{config_path}: invalid JSON ({err})") from None
+        raise ModelError(f"{config_path}: invalid JSON ({err})") from None
     if not any((adapter_dir / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise TrainError(f"{what} {adapter_dir} has no adapter_model.safetensors")
+        raise ModelError(f"{what} {adapter_dir} has no adapter_model.safetensors")
     from empo.store import adapter_problem
 
     problem = adapter_problem(adapter_dir)
     if problem:
-        raise TrainError(f"{what} {adapter_dir} cannot be used: {problem}")
+        raise ModelError(f"{what} {adapter_dir} cannot be used: {problem}")
     return config
 
 
-def check_adapter_matches(model: "torch.nn.Module", adapter_dir: Path) -> None:
-    """The adapter's target modules and LoRA shapes fit `model` (a plain base model)."""
-    config = check_adapter_dir(adapter_dir)
-    modules = linear_modules(model)
-    targets = config.get("target_modules") or []
-    if isinstance(targets, str):
-        targets = [targets]
-    short = {name.rsplit(".", 1)[-1] for name in modules}
-    missing = [t for t in targets if t not in short]
-    if missing:
-        raise TrainError(
-            f"adapter {adapter_dir} does not match the base model: it targets {missing}, which the base "
-            f"does not have (the base has: {', '.join(sorted(short))})"
-        )
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    if not weights.is_file():
-        return
-    from safetensors import safe_open
+def _adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
+    safetensors_file = adapter / "adapter_model.safetensors"
+    bin_file = adapter / "adapter_model.bin"
+    if safetensors_file.is_file():
+        from safetensors import safe_open
 
-    by_name = {name: m for name, m in modules.items()}
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():
-            match = re.match(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$", key)
-            if not match:
-                continue
-            module = by_name.get(match.group(1))
+        with safe_open(str(safetensors_file), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    if bin_file.is_file():
+        import torch
+
+        state = torch.load(bin_file, map_location="cpu", weights_only=True, mmap=True)
+        return {k: tuple(v.shape) for k, v in state.items()}
+    raise ModelError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
+
+
+def check_adapter(base: str | Any, adapter: Path) -> None:
+    """ModelError unless every tensor of the peft adapter fits a module of the base model (`base`:
+    a model path or Hub id, or a loaded model's config).
+
+    The base is instantiated on the meta device (no memory, no weights read), so the check is cheap
+    even for a 7B model and runs before anything is loaded (also before lm-eval loads it)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    adapter = Path(adapter)
+    check_adapter_dir(adapter)
+    shapes = _adapter_shapes(adapter)
+    if isinstance(base, str):
+        try:
+            config = AutoConfig.from_pretrained(base)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot load base model config '{base}' ({err})") from None
+    else:
+        config, base = base, getattr(base, "_name_or_path", "") or "the base model"
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    problems = []
+    for key, shape in shapes.items():
+        path = key.removeprefix("base_model.model.")
+        if ".lora_" in path:
+            module_path, _, rest = path.partition(".lora_")
+            module = modules.get(module_path)
             if module is None:
-                raise TrainError(
-                    f"adapter {adapter_dir} does not match the base model: no module {match.group(1)}"
-                )
-            shape = handle.get_slice(key).get_shape()
-            in_f = getattr(module, "in_features", None)
-            out_f = getattr(module, "out_features", None)
-            expected = in_f if match.group(2) == "A" else out_f
-            got = shape[1] if match.group(2) == "A" else shape[0]
-            if expected is not None and got != expected:
-                raise TrainError(
-                    f"adapter {adapter_dir} does not match the base model: {key} has shape "
-                    f"{list(shape)} but {match.group(1)} is {in_f} -> {out_f}"
-                )
+                problems.append(f"{key}: base has no module {module_path}")
+                continue
+            fan_in = getattr(module, "in_features", getattr(module, "num_embeddings", None))
+            fan_out = getattr(module, "out_features", getattr(module, "embedding_dim", None))
+            is_a = rest.startswith(("A.", "embedding_A"))
+            is_b = rest.startswith(("B.", "embedding_B"))
+            if is_a and fan_in is not None and shape[-1] != fan_in:
+                problems.append(f"{key}: shape {list(shape)}, base input size {fan_in}")
+            if is_b and fan_out is not None and shape[0] != fan_out:
+                problems.append(f"{key}: shape {list(shape)}, base output size {fan_out}")
+        else:  # modules_to_save and the like: naming varies (tied weights, peft versions),
+            # so only a parameter found under the same name is compared
+            name = path.replace(".modules_to_save", "").replace(".original_module", "")
+            if name in params and tuple(params[name].shape) != shape:
+                problems.append(f"{key}: shape {list(shape)}, base {list(params[name].shape)}")
+    if problems:
+        more = f" ... ({len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ModelError(f"adapter {adapter} does not match base model '{base}': "
+                        f"{'; '.join(problems[:5])}{more}")
 
 
 def load_adapter(
-    model: "PreTrainedModel", adapter_dir: Path, is_trainable: bool = False, adapter_name: str = "default"
+    model: "PreTrainedModel", adapter_dir: Path, is_trainable: bool = False,
+    adapter_name: str = "default", checked: bool = False,
 ) -> "peft.PeftModel":
-    """`PeftModel.from_pretrained` after checking the adapter fits the base."""
+    """`PeftModel.from_pretrained` after checking the adapter fits the base (`checked`: done)."""
     from peft import PeftModel
 
-    check_adapter_matches(model, adapter_dir)
+    if not checked:
+        check_adapter(model.config, adapter_dir)
     try:
         return PeftModel.from_pretrained(
             model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable
         )
     except (RuntimeError, ValueError, KeyError) as err:
-        raise TrainError(f"adapter {adapter_dir} does not load onto the base model: {err}") from None
+        raise ModelError(f"adapter {adapter_dir} does not match base model: {err}") from None
 
 
 def merge_adapter(model: "PreTrainedModel", adapter_dir: Path) -> "PreTrainedModel":

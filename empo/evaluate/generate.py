@@ -69,97 +69,19 @@ def read_eval_examples(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- model loading
 
 
-def _adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
-    safetensors_file = adapter / "adapter_model.safetensors"
-    bin_file = adapter / "adapter_model.bin"
-    if safetensors_file.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(safetensors_file), framework="pt") as handle:
-            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-    if bin_file.is_file():
-        import torch
-
-        state = torch.load(bin_file, map_location="cpu", weights_only=True, mmap=True)
-        return {k: tuple(v.shape) for k, v in state.items()}
-    raise EvalError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
-
-
-def check_adapter(base: str, adapter: Path) -> None:
-    """EvalError unless every tensor of the peft adapter fits a module of the base model.
-
-    The base is instantiated on the meta device (no memory, no weights read), so the check is cheap
-    even for a 7B model and runs before anything is loaded (also before lm-eval loads it)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise EvalError(f"{adapter}: not a peft adapter directory (no adapter_config.json)")
-    from empo.store import adapter_problem
-
-    problem = adapter_problem(adapter)
-    if problem:
-        raise EvalError(f"adapter {adapter} cannot be used: {problem}")
-    shapes = _adapter_shapes(adapter)
-    try:
-        config = AutoConfig.from_pretrained(base)
-    except (OSError, ValueError) as err:
-        raise EvalError(f"cannot load base model config '{base}' ({err})") from None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
-    problems = []
-    for key, shape in shapes.items():
-        path = key.removeprefix("base_model.model.")
-        if ".lora_" in path:
-            module_path, _, rest = path.partition(".lora_")
-            module = modules.get(module_path)
-            if module is None:
-                problems.append(f"{key}: base has no module {module_path}")
-                continue
-            fan_in = getattr(module, "in_features", getattr(module, "num_embeddings", None))
-            fan_out = getattr(module, "out_features", getattr(module, "embedding_dim", None))
-            is_a = rest.startswith(("A.", "embedding_A"))
-            is_b = rest.startswith(("B.", "embedding_B"))
-            if is_a and fan_in is not None and shape[-1] != fan_in:
-                problems.append(f"{key}: shape {list(shape)}, base input size {fan_in}")
-            if is_b and fan_out is not None and shape[0] != fan_out:
-                problems.append(f"{key}: shape {list(shape)}, base output size {fan_out}")
-        else:  # modules_to_save and the like: naming varies (tied weights, peft versions),
-            # so only a parameter found under the same name is compared
-            name = path.replace(".modules_to_save", "").replace(".original_module", "")
-            if name in params and tuple(params[name].shape) != shape:
-                problems.append(f"{key}: shape {list(shape)}, base {list(params[name].shape)}")
-    if problems:
-        more = f" ... ({len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise EvalError(f"adapter {adapter} does not match base model '{base}': "
-                        f"{'; '.join(problems[:5])}{more}")
-
-
 def load_generation_tokenizer(base: str, chat_template: str | None = None,
                               add_bos: bool | str = "auto"):
-    """The tokenizer every generation backend builds its prompt ids with: left padding, the
-    configured chat template, a BOS from the template as in training (`model.add_bos`)."""
-    from transformers import AutoTokenizer
+    """The tokenizer every generation backend builds its prompt ids with: `models`' one loader,
+    left padding, the configured chat template, a BOS from the template as in training."""
+    from empo.models import load_tokenizer_from
 
-    from empo.models import set_bos
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
-    except (OSError, ValueError) as err:
-        raise EvalError(f"cannot load the tokenizer of '{base}' ({err})") from None
+    template = None
     if chat_template:
         try:
-            tokenizer.chat_template = Path(chat_template).read_text()
+            template = Path(chat_template).read_text()
         except OSError as err:
-            raise EvalError(f"{chat_template}: cannot read chat template "
-                            f"({err.strerror})") from None
-    if not tokenizer.chat_template:
-        raise EvalError(f"tokenizer of '{base}' has no chat template; set model.chat_template")
-    set_bos(tokenizer, add_bos)
-    return tokenizer
+            raise EvalError(f"{chat_template}: cannot read chat template ({err.strerror})") from None
+    return load_tokenizer_from(base, template, add_bos, padding_side="left")
 
 
 def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
@@ -169,36 +91,17 @@ def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
     """(model, tokenizer): the base causal LM + optional peft adapter; tokenizer pads left, its
     template starts with a BOS as in training (`model.add_bos`); `quantization` as in training."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from empo.models import quantization_config
-
-    from empo.options import require_attention
+    from empo.models import check_adapter, load_adapter, load_causal_lm
 
     if dtype not in DTYPES:
         raise EvalError(f"dtype '{dtype}': allowed {', '.join(DTYPES)}")
-    require_attention(attn_implementation)
     if adapter is not None:
         check_adapter(base, adapter)
     tokenizer = load_generation_tokenizer(base, chat_template, add_bos)
-    try:
-        kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        quantized = quantization_config(quantization, "bfloat16" if dtype == "auto" else dtype)
-        if quantized is not None:
-            kwargs.update(quantization_config=quantized, device_map={"": 0})
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except (OSError, ValueError) as err:
-        raise EvalError(f"cannot load base model '{base}' ({err})") from None
+    model = load_causal_lm(base, dtype, attn_implementation, quantization)
     if adapter is not None:
-        from peft import PeftModel
-
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter))
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise EvalError(f"adapter {adapter} does not match base model "
-                            f"'{base}' ({err})") from None
+        model = load_adapter(model, adapter, checked=True)
     if quantization not in (None, "none"):  # placed by device_map; 4-bit weights cannot move
         return model.eval(), tokenizer
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -51,7 +51,7 @@ def run_mmlu(model: str, adapter: Path | None = None, tasks: Sequence[str] = ("m
     if include_path is not None and not Path(include_path).is_dir():
         raise EvalError(f"MMLU include path {include_path} is not a directory")
     if adapter is not None:
-        from empo.evaluate.generate import check_adapter
+        from empo.models import check_adapter
 
         check_adapter(model, Path(adapter))
     import torch

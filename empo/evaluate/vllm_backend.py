@@ -111,8 +111,9 @@ def generate_vllm(examples: list[dict[str, Any]], out: Path, base: str, adapter:
                   seed: int | None = None, quantization: str = "none",
                   attn_implementation: str | None = None) -> Path:
     """predictions.jsonl for `examples` with vLLM (resumable); see the module docstring."""
-    from empo.evaluate.generate import (check_adapter, decode_response, generate_predictions,
+    from empo.evaluate.generate import (decode_response, generate_predictions,
                                         load_generation_tokenizer)
+    from empo.models import check_adapter
 
     if quantization not in (None, "none"):
         raise EvalError(f"eval.generation.backend: vllm does not load model.quantization "
