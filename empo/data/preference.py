@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from empo.data.chat import eligible, messages, target_index
 from empo.data.columns import Columns
 from empo.data.ed import Dialogue
 from empo.data.emotions import EmotionTable
@@ -114,31 +113,18 @@ def rejected_indices(emotions: Sequence[str] | Any, conv_ids: Sequence[str] | An
     return per_epoch
 
 
-def iter_preference_pairs(dialogues: Sequence[Dialogue], table: EmotionTable, epochs: int,
-                          seed: int, sampling: str = "balanced",
-                          system_prompt: str | None = None,
-                          where: str = "the split") -> Iterator[dict[str, Any]]:
-    """Rows (fields ROW_FIELDS) epoch by epoch, dialogues in their order; drops < 2-turn ones."""
-    usable = eligible(dialogues)
-    draws = rejected_indices([d.emotion for d in usable], [d.conv_id for d in usable], table,
-                             epochs, seed, sampling, where)
-    targets = [target_index(d) for d in usable]
-    prompts = [messages(d.turns[:t], system_prompt) for d, t in zip(usable, targets)]
-    answers = [[{"role": "assistant", "content": d.turns[t]}] for d, t in zip(usable, targets)]
-    for epoch, rejected in enumerate(draws):
-        for i, r in enumerate(rejected.tolist()):
-            d = usable[i]
-            yield {"conv_id": d.conv_id, "emotion": d.emotion, "epoch": epoch,
-                   "prompt": prompts[i], "chosen": answers[i], "rejected": answers[r],
-                   "rejected_conv_id": usable[r].conv_id, "rejected_emotion": usable[r].emotion}
-
-
-def preference_pairs(dialogues: Sequence[Dialogue], table: EmotionTable, epochs: int, seed: int,
-                     sampling: str = "balanced", system_prompt: str | None = None,
+def preference_pairs(dialogues: Sequence[Dialogue] | Columns, table: EmotionTable, epochs: int,
+                     seed: int, sampling: str = "balanced", system_prompt: str | None = None,
                      where: str = "the split") -> list[dict[str, Any]]:
-    """All preference rows of `epochs` epochs (see the module docstring for the semantics)."""
-    return list(iter_preference_pairs(dialogues, table, epochs, seed, sampling, system_prompt,
-                                      where))
+    """All preference rows of `epochs` epochs (fields ROW_FIELDS; see the module docstring), as
+    `write_preference_jsonl` writes them: one implementation of the rows, read back."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="empo-pairs-") as tmp:
+        path = Path(tmp) / "pairs.jsonl"
+        write_preference_jsonl(path, dialogues, table, epochs, seed, sampling, system_prompt, where)
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
 
 
 def write_preference_jsonl(path: Path, data: Columns | Sequence[Dialogue], table: EmotionTable,

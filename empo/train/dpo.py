@@ -89,7 +89,7 @@ def preference_dataset(cfg: "ExperimentConfig", seed: int,
     loaded = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
     table = load_table(cfg.resolve(cfg.data.emotion_table))
     rows = preference_pairs(
-        loaded.dialogues, table, epochs=cfg.dpo.num_train_epochs, seed=seed,
+        loaded.columns, table, epochs=cfg.dpo.num_train_epochs, seed=seed,
         sampling=cfg.data.sampling, system_prompt=cfg.system_prompt("dpo"),
         where=f"{cfg.data.source} ({cfg.data.train_split})",
     )
