@@ -15,6 +15,7 @@ from empo.config import load_config
 from empo.errors import ConfigError, LaunchError
 from empo.launch import EXECUTORS, check_executor, check_launch, job_resources, make_executor
 from empo.launch.containers import check_container, container_command
+from empo.launch.dryrun import script_text
 from empo.launch.run import local_gpus
 
 needs_slurm_client = pytest.mark.skipif(shutil.which("sbatch") is None or shutil.which("srun") is None,
@@ -112,12 +113,19 @@ def test_apptainer_podman_and_charliecloud_wrap_python_with_every_value_quoted(m
 
 
 def test_pyxis_goes_through_srun_arguments(make_cfg, tmp_path):
-    cfg = make_cfg(cluster__container__runtime="pyxis",
+    cfg = make_cfg(cluster__container__runtime="pyxis", cluster__offline=False,
                    cluster__container__image="nvcr.io#nvidia/pytorch:24.05-py3")
     command = container_command(cfg, [tmp_path], gpus=True)
     assert command.python == "python"
     assert command.srun_args[0] == "--container-image=nvcr.io#nvidia/pytorch:24.05-py3"
     assert command.srun_args[1] == f"--container-mounts={tmp_path}:{tmp_path}"
+    cache = tmp_path.parent / f"{tmp_path.name}-hf"  # offline jobs also see the Hub cache
+    cache.mkdir()
+    offline = make_cfg(cluster__container__runtime="pyxis", cluster__offline=True,
+                       cluster__hf_home=str(cache),
+                       cluster__container__image="nvcr.io#nvidia/pytorch:24.05-py3")
+    mounts = container_command(offline, [tmp_path], gpus=True).srun_args[1]
+    assert mounts == f"--container-mounts={tmp_path}:{tmp_path},{cache}:{cache}"
 
 
 def test_the_host_venv_python_runs_inside_when_the_venv_is_bound(make_cfg, tmp_path):
@@ -160,16 +168,17 @@ def test_the_sbatch_script_has_resources_dependency_requeue_and_container(tmp_pa
                        "cluster.slurm_extra={constraint: a100-80gb}"])
     ex = make_executor(cfg, "slurm", tmp_path / "jobs", job_resources(cfg, "sft", "table1:sft"),
                        dependency="afterok:12:13")
-    script = ex._executor._make_submission_file_text("CMD", "uid")
+    script = script_text(ex, 1)  # what submitit writes (the dry run's renderer)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=nlp", "#SBATCH --qos=high",
                  "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2", "#SBATCH --gpus-per-node=2",
                  f"#SBATCH --time={cfg.cluster.time['sft']}", "#SBATCH --mem=200GB",
                  "#SBATCH --dependency=afterok:12:13", "#SBATCH --kill-on-invalid-dep=yes",
                  "#SBATCH --requeue", "#SBATCH --constraint=a100-80gb", "#SBATCH --job-name=table1:sft"):
         assert line in script.splitlines(), line
-    assert ex._executor.max_num_timeout == cfg.cluster.max_requeues
-    python = ex._executor._submitit_command_str
+    assert job_resources(cfg, "sft", "x").max_requeues == cfg.cluster.max_requeues
+    srun = next(line for line in script.splitlines() if line.startswith("srun"))
+    python = srun[srun.index("apptainer"):]
     assert shlex.split(python)[:3] == ["apptainer", "exec", "--nv"] and str(image) in python
     cpu = make_executor(cfg, "slurm", tmp_path / "jobs", job_resources(cfg, "aggregate", "a"))
-    assert "gpus-per-node" not in cpu._executor._make_submission_file_text("CMD", "uid")
-    assert "dependency" not in cpu._executor._make_submission_file_text("CMD", "uid")
+    assert "gpus-per-node" not in script_text(cpu, 1)
+    assert "dependency" not in script_text(cpu, 1)
