@@ -156,3 +156,41 @@ def test_tensorboard_tracking_names_the_run_and_keeps_events_out_of_checkpoints(
     assert tracking_args(cfg, "dpo", run, cfg.dpo.report_to) == {"report_to": "none"}
     base = build_graph(make_cfg()).stages["sft/sft/seed-1"].fingerprint
     assert build_graph(cfg).stages["sft/sft/seed-1"].fingerprint == base  # not part of identity
+
+
+def test_logs_follow_and_status_watch_last_while_the_job_lives(make_cfg, tmp_path, capsys):
+    """`empo logs -f` prints what a live job appends until it ends; `empo status --watch`
+    refreshes until nothing is running or pending. The job: a real process (a local job's
+    controller is recognised by `submitit` in its command line) writing its log."""
+    import subprocess
+    import sys
+
+    from empo.launch.experiment import write_experiment
+
+    cfg = make_cfg(seeds=[1])
+    write_experiment(cfg)
+    log = tmp_path / "job.err"
+    log.write_text("")
+    writer = ("import sys, time, submitit\n"
+              "for i in range(4):\n"
+              "    open(sys.argv[1], 'a').write(f'line {i}\\n'); time.sleep(0.5)\n")
+    job = subprocess.Popen([sys.executable, "-c", writer, str(log)])
+    try:
+        manifest = {"jobs": {"sft/sft/seed-1": {"job_id": str(job.pid), "executor": "local",
+                                                "stdout": str(log), "stderr": str(log)}}}
+        (cfg.experiment_dir / "manifest.json").write_text(json.dumps(manifest))
+        assert main(["logs", str(cfg.experiment_dir), "sft/sft/seed-1", "-f"]) == 0
+        assert capsys.readouterr().out == "".join(f"line {i}\n" for i in range(4))
+        assert job.wait(timeout=30) == 0
+    finally:
+        job.kill()
+    again = subprocess.Popen([sys.executable, "-c", "import time, submitit; time.sleep(2)"])
+    try:
+        manifest["jobs"]["sft/sft/seed-1"]["job_id"] = str(again.pid)
+        (cfg.experiment_dir / "manifest.json").write_text(json.dumps(manifest))
+        assert main(["status", str(cfg.experiment_dir), "--watch", "0.5"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("sft/sft/seed-1") >= 2  # refreshed while the job ran, then stopped
+        assert again.poll() is not None  # it returned only once the job had ended
+    finally:
+        again.kill()
