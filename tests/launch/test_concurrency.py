@@ -21,6 +21,8 @@ from empo.store import is_locked
 
 SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
 EMPO = [sys.executable, "-m", "empo.cli"]
+# SFT that is still training when the test interrupts it, however fast the machine
+LONG_SFT = ("sft.num_train_epochs=200",)
 
 
 def start(results: Path, *extra: str, ignore_sigint: bool = False) -> subprocess.Popen:
@@ -110,7 +112,7 @@ def test_concurrent_and_killed_runs_do_each_stage_once_and_runs_are_reproducible
 @pytest.mark.timeout(900)
 def test_cancel_stops_a_driver_that_ignores_sigint_and_all_its_jobs(tmp_path):
     exp = tmp_path / "smoke"
-    driver = start(tmp_path, ignore_sigint=True)
+    driver = start(tmp_path, *LONG_SFT, ignore_sigint=True)
     manifest = wait_for_jobs(exp, "sft/")
     time.sleep(2)
     pids = {int(e["job_id"]) for e in manifest["jobs"].values()}
@@ -142,7 +144,7 @@ def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_partial_files(tmp_path):
     tasks): the user sees `empo: interrupted`, no controller traceback; the jobs are recorded as
     cancelled and nothing half-written or locked is left."""
     exp = tmp_path / "smoke"
-    driver = start(tmp_path)
+    driver = start(tmp_path, *LONG_SFT)
     wait_for_jobs(exp, "sft/")
     time.sleep(3)
     os.killpg(driver.pid, signal.SIGINT)
