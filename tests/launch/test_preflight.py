@@ -194,3 +194,19 @@ def test_fetch_fills_a_fresh_cache_that_offline_preflight_then_accepts(tiny, tmp
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "generate/baseline/seed-1: done" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["table1.yaml", "table1_authors_code.yaml"])
+def test_both_table1_configs_dry_run_without_a_cluster(name, tmp_path, capsys, monkeypatch):
+    """The paper's setup and the authors'-code preset (nf4 included) render every job script."""
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-cluster.conf"))
+    config = Path(__file__).resolve().parents[2] / "configs" / "experiments" / name
+    assert main(["submit", "--dry-run", str(config), f"results_dir={tmp_path}",
+                 "--no-preflight"]) == 0
+    experiment = load_config(config).name
+    scripts = sorted((tmp_path / experiment / "dry-run").glob("*.sbatch"))
+    assert [s.name.split("-", 1)[1] for s in scripts] == [
+        "sft-sft.sbatch", "dpo-sft_dpo.sbatch", "eval-baseline.sbatch", "share-baseline.sbatch",
+        "eval-sft.sbatch", "eval-sft_dpo.sbatch", "aggregate.sbatch"]
+    assert "#SBATCH --gpus-per-node=2" in scripts[0].read_text()
+    assert not (tmp_path / experiment / "manifest.json").exists()  # nothing was queued
