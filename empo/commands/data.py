@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _export_args(sft, "train")
     sft.set_defaults(handler=_sft)
 
+    msgs = actions.add_parser("messages", help="the split in message form (conv_id, situation, "
+                              "emotion, conversations: the Hub mirror's layout), cleaned")
+    _export_args(msgs, "train")
+    msgs.set_defaults(handler=_messages)
+
     eval_ = actions.add_parser("eval", help="eval examples: conv_id, emotion, prompt, seeker, "
                                "reference")
     _export_args(eval_, "test")
@@ -58,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, metavar="SRC",
                         help="raw ED directory, message-form file/dir, or Hub dataset id")
+    parser.add_argument("--revision", default=None,
+                        help="Hub dataset revision (commit, tag or branch; data.revision)")
 
 
 def _export_args(parser: argparse.ArgumentParser, split: str) -> None:
@@ -78,7 +85,7 @@ def _check_out(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace) -> Any:
     from empo.data.ed import load_dialogues
 
-    result = load_dialogues(args.source, args.split)
+    result = load_dialogues(args.source, args.split, args.revision)
     log.info("%s [%s]: %d dialogues, %d utterances, %d malformed rows dropped",
              result.path, args.split, len(result.dialogues), result.utterances, result.malformed)
     return result
@@ -110,6 +117,12 @@ def _export(args: argparse.Namespace, example: Callable[..., dict], what: str) -
     count = atomic_write_jsonl(args.out, rows)
     print(f"{args.out}: {count} {what}")
     return 0
+
+
+def _messages(args: argparse.Namespace) -> int:
+    from empo.data.chat import message_row
+
+    return _export(args, message_row, "dialogues in message form")
 
 
 def _preference(args: argparse.Namespace) -> int:
@@ -158,17 +171,19 @@ def _stats(args: argparse.Namespace) -> int:
 
     table = load_table(args.table) if args.table else None
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    report = {split: split_stats(load_dialogues(args.source, split), table) for split in splits}
+    report = {split: split_stats(load_dialogues(args.source, split, args.revision), table)
+              for split in splits}
     if args.json:
-        json.dump({"source": args.source, "splits": report}, sys.stdout, indent=2)
+        json.dump({"source": args.source, "revision": args.revision, "splits": report},
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(_format_stats(args.source, report))
+        sys.stdout.write(_format_stats(args.source, args.revision, report))
     return 0
 
 
-def _format_stats(source: str, report: dict[str, dict[str, Any]]) -> str:
-    out = [f"source: {source}"]
+def _format_stats(source: str, revision: str | None, report: dict[str, dict[str, Any]]) -> str:
+    out = [f"source: {source}" + (f" (revision {revision})" if revision else "")]
     for split, s in report.items():
         out += ["", f"== {split} ({s['path']})",
                 f"dialogues {s['dialogues']}  utterances {s['utterances']}  malformed rows "

@@ -67,6 +67,13 @@ def sft_example(d: Dialogue, system_prompt: str | None = None) -> dict[str, Any]
             "messages": messages(d.turns, system_prompt)}
 
 
+def message_row(d: Dialogue, system_prompt: str | None = None) -> dict[str, Any]:
+    """The dialogue in the Hub mirror's message form (conv_id, situation, emotion, conversations),
+    which `empo.data.ed` reads back to the same dialogue."""
+    return {"conv_id": d.conv_id, "situation": d.situation, "emotion": d.emotion,
+            "conversations": messages(d.turns, system_prompt)}
+
+
 def eval_example(d: Dialogue, system_prompt: str | None = None) -> dict[str, Any]:
     """Prompt (turns before the target), seeker turn and reference (the target) of a dialogue."""
     t = target_index(d)

@@ -131,3 +131,29 @@ def update_job(cfg: ExperimentConfig, stage_keys: list[str], **fields: Any) -> N
             if key in manifest.get("jobs", {}):
                 manifest["jobs"][key].update(fields)
         atomic_write_json(exp / MANIFEST, manifest)
+
+
+def record_data(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Record in the manifest what the experiment's data is: the source, its revision and, per
+    split it reads, the dialogues and the eligible ones (a failure to read is recorded as such:
+    preflight and the stages report it where it matters)."""
+    from empo.data.chat import eligible
+    from empo.data.ed import load_dialogues
+    from empo.errors import EmpoError
+
+    data: dict[str, Any] = {"source": cfg.data.source, "revision": cfg.data.revision, "splits": {}}
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.eval_split)):
+        try:
+            loaded = load_dialogues(cfg.local_or_name(cfg.data.source), split, cfg.data.revision)
+        except (EmpoError, OSError) as err:
+            data["splits"][split] = {"error": " ".join(str(err).split())[:300]}
+            continue
+        data["splits"][split] = {"dialogues": len(loaded.dialogues),
+                                 "eligible": len(eligible(loaded.dialogues)),
+                                 "malformed_rows_dropped": loaded.malformed}
+    exp = cfg.experiment_dir
+    with file_lock(exp / f".{MANIFEST}.lock"):
+        manifest = read_manifest(exp)
+        manifest["data"] = data
+        atomic_write_json(exp / MANIFEST, manifest)
+    return data

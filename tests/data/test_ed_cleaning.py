@@ -93,3 +93,25 @@ def test_stages_read_the_configured_revision(monkeypatch, tmp_path):
         except RuntimeError:
             pass
     assert [r for _, _, r in seen] == ["v1.0"] * 3
+
+
+def test_empo_data_messages_writes_a_message_form_copy_that_reads_back_the_same(tmp_path, capsys):
+    """`empo data messages` exports the cleaned split in the Hub mirror's layout; the message-form
+    reader gives back the same eligible dialogues as the raw reader, and `data stats` names the
+    revision it was asked for."""
+    from empo.cli import main
+    from empo.data.synthetic import write_ed_corpus
+
+    write_ed_corpus(tmp_path / "ed", per_emotion={"train": 2, "valid": 1, "test": 1}, seed=3,
+                    malformed=True)
+    (tmp_path / "mf").mkdir()
+    assert main(["data", "messages", "--source", str(tmp_path / "ed"), "--split", "test",
+                 "--out", str(tmp_path / "mf" / "test.jsonl")]) == 0
+    raw = eligible(load_dialogues(tmp_path / "ed", "test").dialogues)
+    copy = eligible(load_dialogues(tmp_path / "mf", "test").dialogues)
+    assert [(d.conv_id, d.emotion, d.situation, d.turns) for d in copy] == \
+        [(d.conv_id, d.emotion, d.situation, d.turns) for d in raw]
+    capsys.readouterr()
+    assert main(["data", "stats", "--source", str(tmp_path / "ed"), "--splits", "test",
+                 "--revision", "v1.2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["revision"] == "v1.2"

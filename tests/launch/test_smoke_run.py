@@ -52,6 +52,9 @@ def test_the_smoke_experiment_runs_end_to_end_and_a_rerun_starts_nothing(smoke_r
             assert (exp / f"runs/{variant}/seed-{seed}/adapter/adapter_config.json").exists()
             assert (exp / f"runs/{variant}/seed-{seed}/predictions.jsonl").exists()
     manifest = json.loads((exp / "manifest.json").read_text())
+    data = manifest["data"]  # what the data was: source, revision, per split the dialogues read
+    assert data["revision"] is None and data["splits"]["train"]["eligible"] > 0
+    assert data["splits"]["test"]["dialogues"] >= data["splits"]["test"]["eligible"] > 0
     assert len({e["job_id"] for e in manifest["jobs"].values()}) == 11
 
     before = (exp / "table.csv").stat().st_mtime_ns
