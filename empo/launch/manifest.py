@@ -103,6 +103,10 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
             "executor": executor,
             "container": {"runtime": cfg.cluster.container.runtime, "image": image_path(cfg)},
         })
+        recorded = manifest.get("data") or {}
+        if (recorded.get("source"), recorded.get("revision")) != (cfg.data.source,
+                                                                  cfg.data.revision):
+            manifest["data"] = data_summary(cfg)  # once per data source, with the first jobs
         current = manifest.setdefault("jobs", {})
         history = manifest.setdefault("history", [])  # every job ever started, for cancel
         for key, new in jobs.items():
@@ -133,10 +137,10 @@ def update_job(cfg: ExperimentConfig, stage_keys: list[str], **fields: Any) -> N
         atomic_write_json(exp / MANIFEST, manifest)
 
 
-def record_data(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Record in the manifest what the experiment's data is: the source, its revision and, per
-    split it reads, the dialogues and the eligible ones (a failure to read is recorded as such:
-    preflight and the stages report it where it matters)."""
+def data_summary(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What the experiment's data is: the source, its revision and, per split it reads, the
+    dialogues and the eligible ones (a failure to read is recorded as such: preflight and the
+    stages report it where it matters)."""
     from empo.data.chat import eligible
     from empo.data.ed import load_dialogues
     from empo.errors import EmpoError
@@ -151,9 +155,4 @@ def record_data(cfg: ExperimentConfig) -> dict[str, Any]:
         data["splits"][split] = {"dialogues": len(loaded.dialogues),
                                  "eligible": len(eligible(loaded.dialogues)),
                                  "malformed_rows_dropped": loaded.malformed}
-    exp = cfg.experiment_dir
-    with file_lock(exp / f".{MANIFEST}.lock"):
-        manifest = read_manifest(exp)
-        manifest["data"] = data
-        atomic_write_json(exp / MANIFEST, manifest)
     return data

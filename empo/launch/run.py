@@ -26,7 +26,7 @@ from empo.launch import (check_launch, clean_submission_env, job_environment, jo
                          make_executor)
 from empo.launch.accounting import JobInfo, this_host
 from empo.launch.experiment import reruns, write_experiment
-from empo.launch.manifest import read_manifest, record_data, record_jobs, update_job
+from empo.launch.manifest import read_manifest, record_jobs, update_job
 from empo.launch.jobs import Unit, plan_units
 from empo.launch.status import (RUNNING, WAITING, StageStatus, _alive, experiment_status,
                                 job_states, normalize, render, stage_statuses, summary)
@@ -67,7 +67,6 @@ def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False,
 
         check_preflight(cfg, executor)
     moved = write_experiment(cfg, force_new=force_new)
-    record_data(cfg)
     graph = build_graph(cfg)
     for line in reruns(graph):
         print(f"empo: {line}", file=sys.stderr)
