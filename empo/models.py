@@ -428,29 +428,30 @@ def _adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
     raise ModelError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
 
 
-def check_adapter(base: str | Any, adapter: Path) -> None:
+def check_adapter(base: "str | torch.nn.Module", adapter: Path) -> None:
     """ModelError unless every tensor of the peft adapter fits a module of the base model (`base`:
-    a model path or Hub id, or a loaded model's config).
+    a model path or Hub id, or an already loaded model).
 
-    The base is instantiated on the meta device (no memory, no weights read), so the check is cheap
-    even for a 7B model and runs before anything is loaded (also before lm-eval loads it)."""
+    From a path the base is instantiated on the meta device (no memory, no weights read), so the
+    check is cheap even for a 7B model and runs before anything is loaded (also before lm-eval
+    loads it). A loaded model is read as it is (under ZeRO-3 by its parameters' full shapes)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     adapter = Path(adapter)
     check_adapter_dir(adapter)
     shapes = _adapter_shapes(adapter)
-    if isinstance(base, str):
+    if isinstance(base, torch.nn.Module):
+        model, base = base, getattr(base.config, "_name_or_path", "") or "the base model"
+    else:
         try:
             config = AutoConfig.from_pretrained(base)
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load base model config '{base}' ({err})") from None
-    else:
-        config, base = base, getattr(base, "_name_or_path", "") or "the base model"
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
+    params = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
     problems = []
     for key, shape in shapes.items():
         path = key.removeprefix("base_model.model.")
@@ -471,8 +472,8 @@ def check_adapter(base: str | Any, adapter: Path) -> None:
         else:  # modules_to_save and the like: naming varies (tied weights, peft versions),
             # so only a parameter found under the same name is compared
             name = path.replace(".modules_to_save", "").replace(".original_module", "")
-            if name in params and tuple(params[name].shape) != shape:
-                problems.append(f"{key}: shape {list(shape)}, base {list(params[name].shape)}")
+            if name in params and params[name] != shape:
+                problems.append(f"{key}: shape {list(shape)}, base {list(params[name])}")
     if problems:
         more = f" ... ({len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ModelError(f"adapter {adapter} does not match base model '{base}': "
@@ -487,7 +488,7 @@ def load_adapter(
     from peft import PeftModel
 
     if not checked:
-        check_adapter(model.config, adapter_dir)
+        check_adapter(model, adapter_dir)
     try:
         return PeftModel.from_pretrained(
             model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable

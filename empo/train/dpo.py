@@ -164,7 +164,7 @@ def build_dpo_trainer(
     if cfg.dpo.reference == "merged":
         model = models.merge_adapter(base, Path(sft_adapter))
     else:
-        models.check_adapter(base.config, Path(sft_adapter))
+        models.check_adapter(base, Path(sft_adapter))
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(
