@@ -15,8 +15,7 @@ from empo.cli import main
 from empo.config import load_config
 from empo.launch import job_resources, make_executor
 from empo.pipeline import build_graph
-from empo.store import mark_done
-from fakes import fake_training
+from fakes import finish_training_and_mmlu
 
 pytestmark = [pytest.mark.container]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # job bodies defined in this file
@@ -63,14 +62,8 @@ def test_pipeline_stages_run_in_the_container_and_write_the_run_store(container_
                                                                       capsys):
     path = container_config(tmp_path, container_image)
     cfg = load_config(path)
-    for stage in build_graph(cfg):  # training and MMLU finished (by hand): the share and the
-        if stage.kind in ("sft", "dpo", "mmlu"):  # aggregate run, inside the container
-            stage.directory.mkdir(parents=True, exist_ok=True)
-            if stage.kind == "mmlu":
-                (stage.directory / "metrics.json").write_text(json.dumps({"mmlu": 0.25 * stage.seed}))
-                mark_done(stage.directory, "mmlu")
-            else:
-                fake_training(stage.directory)
+    # training and MMLU finished (by hand): the share and the aggregate run, inside the container
+    finish_training_and_mmlu(build_graph(cfg))
     assert main(["run", str(path), "--executor", "local"]) == 0
     out, err = capsys.readouterr()
     assert "start share/baseline/seed-2" in err and "start aggregate" in err
