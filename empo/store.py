@@ -242,6 +242,29 @@ def json_object_problem(path: Path, keys: Iterable[str] = ()) -> str | None:
     return f"{path} lacks {', '.join(missing)}" if missing else None
 
 
+def _unchanged_since_checked(check):
+    """Cache a file check by (path, size, mtime): the graph asks "is it done?" of every stage on
+    each status poll, and a 7B adapter or 2,500 predictions need not be re-read unless they
+    changed. A missing file is never cached."""
+    seen: dict[tuple[Any, ...], str | None] = {}
+
+    def cached(path: Path, *args: Any) -> str | None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return check(path, *args)
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, *args)
+        if key not in seen:
+            if len(seen) > 4096:
+                seen.clear()
+            seen[key] = check(path, *args)
+        return seen[key]
+
+    cached.__doc__ = check.__doc__
+    return cached
+
+
+@_unchanged_since_checked
 def jsonl_problem(path: Path, field: str) -> str | None:
     """Why `path` is not JSON lines of objects with `field` (None when it is)."""
     path = Path(path)
@@ -259,6 +282,7 @@ def jsonl_problem(path: Path, field: str) -> str | None:
     return None
 
 
+@_unchanged_since_checked
 def safetensors_problem(path: Path) -> str | None:
     """Why `path` is not a complete safetensors file (header and sizes; no tensors are read)."""
     path = Path(path)
