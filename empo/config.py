@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ from typing import Any
 import yaml
 
 from empo.errors import ConfigError
+from empo.executors import EXECUTORS, SlurmOptions
 from empo.options import attention_problem
 from empo.stages import METRIC_STAGES
 from empo.trainer_fields import TRL_CONFIGS
-from empo.validate import (SBATCH_OPTION, check_name, check_range, check_text, load_yaml,
-                           read_text)
+from empo.validate import check_name, check_range, check_text, load_yaml, read_text
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -232,9 +231,12 @@ class EvalConfig:
     mmlu: MMLUConfig = field(default_factory=MMLUConfig)
 
 
+RUNTIMES = ("none", "apptainer", "pyxis", "podman", "charliecloud")
+
+
 @dataclass
 class ContainerConfig:
-    """Container runtime for cluster jobs: none | apptainer | pyxis | podman | charliecloud."""
+    """Container runtime for cluster jobs: one of `RUNTIMES`."""
 
     runtime: str = "none"
     image: str | None = None
@@ -242,15 +244,13 @@ class ContainerConfig:
 
 
 @dataclass
-class ClusterConfig:
+class ClusterConfig(SlurmOptions):
     """Where and how stages run. `profile` names a configs/cluster/*.yaml merged under these keys.
+    The SLURM backend's own keys (partition, account, qos, cpu_partition, wckey, mail_user,
+    mail_type, slurm_extra) are declared by `empo.executors.SlurmOptions`.
 
+    executor: one of `empo.executors.EXECUTORS` (local, debug, slurm).
     time: minutes per stage (sft, dpo, eval, aggregate). gpu_memory_gb feeds `empo plan`'s verdict.
-    cpu_partition: partition of the CPU-only jobs (baseline share, aggregate); None = `partition`.
-    wckey: sbatch --wckey for every job (None: no --wckey; sites that enforce wckeys set theirs).
-    mail_user / mail_type: sbatch --mail-user / --mail-type (e.g. END,FAIL) for every job.
-    slurm_extra: any other sbatch option for every job, long name without dashes -> value
-      (`{constraint: a100, exclusive: true}`); given last, so it wins over the fields above.
     offline: jobs run with the Hub offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE,
       TRANSFORMERS_OFFLINE) and read Hub assets from `hf_home` only (stage them with `empo fetch`);
       None (default): offline when `executor` is slurm (compute nodes rarely have internet).
@@ -260,13 +260,6 @@ class ClusterConfig:
 
     executor: str = "local"
     profile: str | None = None
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    cpu_partition: str | None = None
-    wckey: str | None = None
-    mail_user: str | None = None
-    mail_type: str | None = None
     nodes: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 2
@@ -276,7 +269,6 @@ class ClusterConfig:
         default_factory=lambda: {"sft": 60, "dpo": 60, "eval": 60, "aggregate": 10}
     )
     max_requeues: int = 3
-    slurm_extra: dict[str, Any] = field(default_factory=dict)
     offline: bool | None = None
     hf_home: str | None = None
     container: ContainerConfig = field(default_factory=ContainerConfig)
@@ -476,14 +468,7 @@ def _trl_field(cls: type, stage: str, key: str, where: str = "") -> bool:
 def _validate(cfg: ExperimentConfig) -> None:
     """Value checks that types alone cannot express (numeric ranges: `validate.RANGES`)."""
     check_name(cfg.name, "name")
-    for key, value in cfg.cluster.slurm_extra.items():
-        if not SBATCH_OPTION.fullmatch(key):
-            raise ConfigError(f"cluster.slurm_extra: {key!r} is not an sbatch long option name "
-                              "(lowercase letters, digits and '-', e.g. 'constraint')")
-        if value is not None and (not isinstance(value, (str, int, float, bool))
-                                  or isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(f"cluster.slurm_extra.{key}: {value!r} must be a single "
-                              "string, number, true/false or null")
+    cfg.cluster.check_slurm_options()
     checks = [
         (bool(cfg.seeds), "seeds", cfg.seeds, "must list at least one seed"),
         (len(set(cfg.seeds)) == len(cfg.seeds), "seeds", cfg.seeds, "must not repeat"),
@@ -510,11 +495,10 @@ def _validate(cfg: ExperimentConfig) -> None:
          cfg.eval.metrics, f"allowed: {', '.join(METRIC_STAGES)}"),
         (set(cfg.sweep.variants) <= {"sft", "sft_dpo"}, "sweep.variants", cfg.sweep.variants,
          "allowed: sft, sft_dpo"),
-        (cfg.cluster.executor in ("local", "debug", "slurm"), "cluster.executor",
-         cfg.cluster.executor, "allowed: local, debug, slurm"),
-        (cfg.cluster.container.runtime in ("none", "apptainer", "pyxis", "podman", "charliecloud"),
-         "cluster.container.runtime", cfg.cluster.container.runtime,
-         "allowed: none, apptainer, pyxis, podman, charliecloud"),
+        (cfg.cluster.executor in EXECUTORS, "cluster.executor", cfg.cluster.executor,
+         f"allowed: {', '.join(EXECUTORS)}"),
+        (cfg.cluster.container.runtime in RUNTIMES, "cluster.container.runtime",
+         cfg.cluster.container.runtime, f"allowed: {', '.join(RUNTIMES)}"),
     ]
     for ok, key, value, why in checks:
         if not ok:

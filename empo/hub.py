@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
+from empo.executors import OFFLINE_BY_DEFAULT
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
@@ -43,7 +44,8 @@ def offline(cfg: ExperimentConfig) -> bool:
     or HF_HUB_OFFLINE=1 in this environment."""
     if cfg.cluster.offline is not None:
         return cfg.cluster.offline
-    return cfg.cluster.executor == "slurm" or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+    return cfg.cluster.executor in OFFLINE_BY_DEFAULT or \
+        os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
 
 
 def hf_home(cfg: ExperimentConfig | None = None, cache: str | Path | None = None) -> Path:

@@ -14,12 +14,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from empo.config import ExperimentConfig
+from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
-from empo.launch.containers import RUNTIMES, check_container, container_command
+from empo.executors import EXECUTORS
+from empo.launch.containers import check_container, container_command
 from empo.launch.resources import Resources, job_resources
-
-EXECUTORS = ("local", "debug", "slurm")
 
 __all__ = ["EXECUTORS", "RUNTIMES", "Resources", "check_executor", "check_launch",
            "clean_submission_env", "job_environment", "job_resources", "make_executor"]

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from empo.config import ExperimentConfig
+from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ PODMAN_ENV = ("SLURM_*", "SUBMITIT_*", "EMPO_*", "HF_*", "TORCH_*", "NCCL_*", "C
               "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
               "LOCAL_WORLD_SIZE", "GROUP_RANK", "PYTHONPATH", "PYTHONHASHSEED", "TRANSFORMERS_*",
               "TOKENIZERS_*")
-RUNTIMES = ("none", "apptainer", "pyxis", "podman", "charliecloud")
 BINARIES = {"apptainer": ("apptainer", "singularity"), "podman": ("podman",),
             "charliecloud": ("ch-run",), "pyxis": ("srun",)}
 

@@ -1,0 +1,49 @@
+"""The executors (`cluster.executor`) by name, and the config fields of the one that has its own
+(SLURM: `SlurmOptions`), declared below the config layer so that config.py composes them without
+importing launch. Each executor is a backend module, empo/launch/backends/<name>.py, which
+re-exports its fields; nothing here imports submitit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from empo.errors import ConfigError
+from empo.validate import SBATCH_OPTION
+
+EXECUTORS = ("local", "debug", "slurm")   # each one a module of empo/launch/backends/
+OFFLINE_BY_DEFAULT = ("slurm",)           # compute nodes rarely reach the Hub: jobs run offline
+
+
+@dataclass
+class SlurmOptions:
+    """The SLURM backend's fields, given as `cluster.*` keys (sbatch options of every job).
+
+    partition / account / qos: sbatch --partition / --account / --qos (None: the site's default).
+    cpu_partition: partition of the CPU-only jobs (baseline share, aggregate); None = `partition`.
+    wckey: sbatch --wckey for every job (None: no --wckey; sites that enforce wckeys set theirs).
+    mail_user / mail_type: sbatch --mail-user / --mail-type (e.g. END,FAIL) for every job.
+    slurm_extra: any other sbatch option for every job, long name without dashes -> value
+      (`{constraint: a100, exclusive: true}`); given last, so it wins over the fields above.
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    cpu_partition: str | None = None
+    wckey: str | None = None
+    mail_user: str | None = None
+    mail_type: str | None = None
+    slurm_extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_slurm_options(self) -> None:
+        """ConfigError naming a `slurm_extra` entry sbatch could not take as one option."""
+        for key, value in self.slurm_extra.items():
+            if not SBATCH_OPTION.fullmatch(key):
+                raise ConfigError(f"cluster.slurm_extra: {key!r} is not an sbatch long option "
+                                  "name (lowercase letters, digits and '-', e.g. 'constraint')")
+            if value is not None and (not isinstance(value, (str, int, float, bool))
+                                      or isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"cluster.slurm_extra.{key}: {value!r} must be a single "
+                                  "string, number, true/false or null")
