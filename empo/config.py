@@ -146,8 +146,13 @@ class DPOConfig(TrainConfig):
     loss_type: trl loss (sigmoid = DPO; also ipo, hinge, robust, ...).
     reference: adapter_copy (trl's frozen copy of the SFT adapter) | merged (SFT merged into base).
     length_percentile: drop pairs whose prompt + chosen is longer (in tokens) than this percentile
-      of the longer of the prompt + chosen and prompt + rejected percentiles, and use that length
-      as max_length (None = keep all; paper: silent; the authors' code: 95).
+      of the longer of the prompt + chosen and prompt + rejected percentiles, use that length as
+      max_length, and cut prompts to this percentile of the prompt lengths where prompt + longer
+      answer exceeds it (trl 0.8's max_prompt_length, keep_end) (None = keep all; paper: silent;
+      the authors' code: 95).
+    sft_seed: None = independent chains, DPO seed s continues the SFT adapter of seed s; a seed =
+      every DPO run continues that one SFT seed's adapter (the authors' code at 508bd49).
+    betas: seed -> beta of that seed's DPO run (seeds not listed: `beta`), e.g. {3: 0.0249}.
     """
 
     num_train_epochs: int = 3
@@ -155,6 +160,12 @@ class DPOConfig(TrainConfig):
     loss_type: str = "sigmoid"
     reference: str = "adapter_copy"
     length_percentile: float | None = None
+    sft_seed: int | None = None
+    betas: dict[str, float] = field(default_factory=dict)
+
+    def beta_of(self, seed: int) -> float:
+        """The beta of DPO seed `seed`: `betas[seed]`, else `beta`."""
+        return self.betas.get(str(seed), self.beta)
 
 
 @dataclass
@@ -509,11 +520,29 @@ def _validate(cfg: ExperimentConfig) -> None:
     if both:
         raise ConfigError(f"sweep: {', '.join(both)} in both sweep.grid and sweep.zip "
                           "(a key is either zipped or a grid axis)")
+    _validate_seed_structure(cfg)
     lengths = {key: len(values) for key, values in cfg.sweep.zip.items()}
     if len(set(lengths.values())) > 1:
         raise ConfigError("sweep.zip: the value lists must have equal lengths (point i takes "
                           "the i-th value of each), got "
                           + ", ".join(f"{key}: {n}" for key, n in lengths.items()))
+
+
+def _validate_seed_structure(cfg: ExperimentConfig) -> None:
+    """dpo.sft_seed must be one of the seeds; dpo.betas keys must be seeds, values positive."""
+    seeds = [str(s) for s in cfg.seeds]
+    if cfg.dpo.sft_seed is not None and str(cfg.dpo.sft_seed) not in seeds:
+        raise ConfigError(f"dpo.sft_seed: {cfg.dpo.sft_seed!r} must be one of seeds "
+                          f"({', '.join(seeds)}): its SFT run is the one every DPO run continues")
+    for key, beta in cfg.dpo.betas.items():
+        if key not in seeds:
+            raise ConfigError(f"dpo.betas: key {key!r} is not one of seeds ({', '.join(seeds)})")
+        if not 0 < beta < float("inf"):  # NaN fails too
+            raise ConfigError(f"dpo.betas.{key}: {beta!r} must be a positive number")
+    swept = [k for k in (*cfg.sweep.grid, *cfg.sweep.zip) if k in ("dpo.beta", "dpo.betas")]
+    if cfg.dpo.betas and swept:
+        raise ConfigError("dpo.betas: per-seed betas and a sweep over dpo.beta do not combine; "
+                          "use one of them")
 
 
 def _check_dotted_key(key: str) -> None:

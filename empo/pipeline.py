@@ -338,9 +338,10 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
                 stages.append(train)
                 after, adapter = (train.key,), where / "adapter"
             elif variant.kind == "sft_dpo":
-                sft_dir = run_dir(exp, variant.sft, seed)
-                train = Stage("dpo", variant.name, seed, where, variant.config,
-                              (f"sft/{variant.sft}/seed-{seed}",), adapter=sft_dir / "adapter")
+                start = sft_seed_of(variant.config, seed)
+                sft_dir = run_dir(exp, variant.sft, start)
+                train = Stage("dpo", variant.name, seed, where, dpo_config(variant.config, seed),
+                              (f"sft/{variant.sft}/seed-{start}",), adapter=sft_dir / "adapter")
                 stages.append(train)
                 after, adapter = (train.key,), where / "adapter"
             if variant.kind == "baseline" and shared and seed != cfg.seeds[0]:
@@ -363,6 +364,29 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
         ordered.append(Stage("aggregate", None, None, exp, cfg, tuple(s.key for s in evals),
                              runs=tuple(runs)))
     return Graph(exp, with_fingerprints(ordered), all_variants)
+
+
+def sft_seed_of(cfg: ExperimentConfig, seed: int) -> int:
+    """The SFT seed whose adapter DPO seed `seed` continues: its own (independent chains), or
+    `dpo.sft_seed` for every DPO run."""
+    return seed if cfg.dpo.sft_seed is None else cfg.dpo.sft_seed
+
+
+def dpo_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """The config of DPO seed `seed`: `dpo.beta` set to that seed's entry of `dpo.betas`."""
+    beta = cfg.dpo.beta_of(seed)
+    return cfg if beta == cfg.dpo.beta else cfg.with_overrides({"dpo.beta": beta})
+
+
+def seed_structure(cfg: ExperimentConfig) -> str:
+    """One line on which SFT run each DPO run continues and its beta (captions, plan, dry run)."""
+    if cfg.dpo.sft_seed is None:
+        chains = "independent chains: DPO seed s continues the SFT adapter of seed s"
+    else:
+        chains = f"every DPO run continues the SFT adapter of seed {cfg.dpo.sft_seed}"
+    betas = sorted({cfg.dpo.beta_of(s) for s in cfg.seeds})
+    per_seed = ", ".join(f"{s}: {cfg.dpo.beta_of(s):g}" for s in cfg.seeds)
+    return chains + (f"; beta per seed {per_seed}" if len(betas) > 1 else f"; beta {betas[0]:g}")
 
 
 def with_fingerprints(ordered: list[Stage]) -> dict[str, Stage]:

@@ -140,7 +140,7 @@ def _training(name: str, run: Callable[["Stage"], Any], ignores: tuple[str, ...]
 
 REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
     _training("sft", _sft, ignores=("data.emotion_table", "data.sampling")),  # pairs: DPO only
-    _training("dpo", _dpo),
+    _training("dpo", _dpo, ignores=("dpo.sft_seed", "dpo.betas")),  # seed structure: in deps, dpo.beta
     StageKind("epitome_train", _epitome_train, job="epitome_train", resources="eval",
               time_key="eval", depends_on=("eval.epitome",),
               ignores=("eval.epitome.batch_size", "eval.epitome.padding")),

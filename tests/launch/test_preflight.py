@@ -196,9 +196,9 @@ def test_fetch_fills_a_fresh_cache_that_offline_preflight_then_accepts(tiny, tmp
     assert "generate/baseline/seed-1: done" in done.stdout
 
 
-@pytest.mark.parametrize("name", ["table1.yaml", "table1_authors_code.yaml"])
+@pytest.mark.parametrize("name", ["table1.yaml", "table1_code_508bd49.yaml"])
 def test_both_table1_configs_dry_run_without_a_cluster(name, tmp_path, capsys, monkeypatch):
-    """The paper's setup and the authors'-code preset (nf4 included) render every job script."""
+    """The paper's setup and the 508bd49 code preset (nf4 included) render every job script."""
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-cluster.conf"))
     config = Path(__file__).resolve().parents[2] / "configs" / "experiments" / name
     assert main(["submit", "--dry-run", str(config), f"results_dir={tmp_path}",
