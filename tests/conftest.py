@@ -1,4 +1,10 @@
-"""Shared fixtures: offline environment and the tiny assets every model test uses."""
+"""Shared fixtures (offline environment, the tiny assets every model test uses) and the two tiers.
+
+`python -m pytest -q` is the fast tier: tests marked slow, slurm or container are deselected.
+`python -m pytest -q --all` is the whole suite (what .ci/run runs); an explicit `-m EXPR` or a
+test named by its id (`path::name`) also bypasses the default deselection. Under pytest-xdist
+(`-n 2 --dist loadgroup`) the tests of tests/cluster/ (the SLURM cluster and container runtime,
+not safe in parallel) run on one worker, one at a time; the others are spread test by test."""
 from __future__ import annotations
 
 import os
@@ -8,6 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fakes, shared by the test packages
+from sessionutil import shared_temp  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,6 +23,51 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
+HEAVY = ("slow", "slurm", "container")  # the markers left out of the fast tier
+_LEFT_OUT = pytest.StashKey[int]()       # how many tests the fast tier deselected
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all", action="store_true", dest="whole_suite",
+                     help="the whole suite: also the tests marked " + ", ".join(HEAVY)
+                          + " (default: the fast tier without them)")
+
+
+SERIAL_DIRS = ("tests/cluster/",)  # one xdist work unit each: run one test at a time
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadgroup, plus one group per SERIAL_DIRS directory (xdist's own `xdist_group`
+    marks rename node ids, which pytest 9 no longer allows, so the group is the directory)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SerialDirsScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return next((d for d in SERIAL_DIRS if nodeid.startswith(d)), None) \
+                or super()._split_scope(nodeid)
+
+    return SerialDirsScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    named = any("::" in arg for arg in config.args)
+    if config.getoption("whole_suite") or config.getoption("markexpr") or named:
+        return
+    heavy = [i for i in items if any(i.get_closest_marker(m) for m in HEAVY)]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [i for i in items if not any(i.get_closest_marker(m) for m in HEAVY)]
+        config.stash[_LEFT_OUT] = len(heavy)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    left_out = config.stash.get(_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"fast tier: {left_out} tests marked {'/'.join(HEAVY)} "
+                                    "deselected (the whole suite: python -m pytest -q --all)")
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +77,16 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`empo assets tiny` output, built once per test session (or reused from EMPO_TEST_ASSETS)."""
+    """`empo assets tiny` output, built once per test session (or reused from EMPO_TEST_ASSETS).
+
+    Under pytest-xdist the workers share one build in the run's common temp dir (the first builds
+    it under ensure_tiny_assets' lock, the others wait and read it)."""
     from empo.assets import ensure_tiny_assets
 
     where = os.environ.get("EMPO_TEST_ASSETS")
-    target = Path(where) if where else tmp_path_factory.mktemp("assets") / "tiny"
-    return ensure_tiny_assets(target)
+    if where:
+        return ensure_tiny_assets(Path(where))
+    return ensure_tiny_assets(shared_temp(tmp_path_factory) / "tiny-assets")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ failure: CI installs and builds everything (scripts/ci-deps, .ci/run) and must r
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shlex
@@ -208,15 +209,28 @@ class DockerImage:
     base: str                      # the stand-in for the CUDA base it was built on
 
 
+def _building(lock: Path) -> bool:
+    """Whether a scripts/docker-image build holds `lock` now (its flock)."""
+    try:
+        with lock.open("a") as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @pytest.fixture(scope="session")
 def docker_image() -> DockerImage:
     """The docker/Dockerfile image, brought up to date with the checkout (podman's layer cache:
-    seconds, or about 30 s when empo/ changed). Its first build (about 7 min) is CI's (.ci/run):
-    where it was never built, or podman is absent, the tests skip with the reason."""
+    seconds, or about 30 s when empo/ changed). Its first build (about 7 min) is CI's (.ci/run,
+    in the background while the tests run: then this waits for it on the build's lock): where it
+    was never built, or podman is absent, the tests skip with the reason."""
     if shutil.which("podman") is None or shutil.which("runc") is None:
         unavailable("podman with runc not found (scripts/ci-deps installs them)")
     cache = _container_cache()
-    if not (cache / "docker-image.stamp").exists():
+    if not (cache / "docker-image.stamp").exists() and not _building(cache / ".docker-lock"):
         unavailable(f"no docker/Dockerfile image built here yet: run scripts/docker-image build "
                     f"{cache} (about 7 min on 2 cores; .ci/run does)")
     run = subprocess.run([str(SCRIPTS / "docker-image"), "build", str(cache)], capture_output=True,
