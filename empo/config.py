@@ -24,7 +24,8 @@ from empo.executors import EXECUTORS, SlurmOptions
 from empo.options import attention_problem
 from empo.stages import METRIC_STAGES
 from empo.trainer_fields import TRL_CONFIGS
-from empo.validate import check_name, check_range, check_text, load_yaml, read_text
+from empo.validate import (check_name, check_override_text, check_range, check_text, load_yaml,
+                           read_text)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -578,7 +579,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`lora.r=512` -> ("lora.r", 512); values are YAML (`seeds=[1,2]`, `x=null`)."""
-    key, sep, raw = text.partition("=")
+    key, sep, raw = check_override_text(text).partition("=")
     if not sep or not key or any(c.isspace() for c in key):
         raise ConfigError(f"malformed override '{text}': expected dotted.key=value")
     value = load_yaml(raw, f"malformed override '{text}': value") if raw else ""

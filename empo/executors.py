@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from empo.errors import ConfigError
-from empo.validate import SBATCH_OPTION
+from empo.validate import SBATCH_OPTION, sbatch_option_problem
 
 EXECUTORS = ("local", "debug", "slurm")   # each one a module of empo/launch/backends/
 OFFLINE_BY_DEFAULT = ("slurm",)           # compute nodes rarely reach the Hub: jobs run offline
@@ -43,6 +43,9 @@ class SlurmOptions:
             if not SBATCH_OPTION.fullmatch(key):
                 raise ConfigError(f"cluster.slurm_extra: {key!r} is not an sbatch long option "
                                   "name (lowercase letters, digits and '-', e.g. 'constraint')")
+            owned = sbatch_option_problem(key)
+            if owned:
+                raise ConfigError(f"cluster.slurm_extra.{key}: not settable ({owned})")
             if value is not None and (not isinstance(value, (str, int, float, bool))
                                       or isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"cluster.slurm_extra.{key}: {value!r} must be a single "

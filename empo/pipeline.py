@@ -29,6 +29,7 @@ from empo.config import ExperimentConfig
 from empo.distributed import process_rank
 from empo.errors import EmpoError, LaunchError
 from empo.fingerprint import fingerprint, identity_fields
+from empo.reader import ReadError, read_json, read_text
 from empo.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
                                 merge_json, move_aside, run_dir, stage_lock)
 from empo.stages import REGISTRY, TRAINING, output_problem, stage_kind
@@ -89,9 +90,10 @@ class Stage:
         try:
             if json_object_problem(path) is not None:
                 return None
-            return json.loads(path.read_text()).get(self.kind)
-        except OSError:  # not a directory (yet): nothing recorded
+            found = read_json(path).get(self.kind)
+        except (OSError, ReadError):  # not a directory (yet): nothing recorded
             return None
+        return found if isinstance(found, dict) else None
 
     def superseded(self) -> dict[str, Any] | None:
         """The record of an earlier run of this stage under another fingerprint, if any."""
@@ -107,7 +109,8 @@ class Stage:
             return False
         if self.kind == "aggregate":
             return (self.directory / "table.csv").exists() and \
-                marker(self.directory, "aggregate").read_text() == _runs_text(self.directory, self.runs)
+                _marker_text(marker(self.directory, "aggregate")) == _runs_text(self.directory,
+                                                                                self.runs)
         return self.output_problem() is None
 
     def output_problem(self) -> tuple[Path, str] | None:
@@ -181,7 +184,7 @@ class Stage:
         if entry.metrics and metrics_path.exists() and json_object_problem(metrics_path) is None:
             kept = metrics_path.with_name(f"metrics.json.{self.kind}.{old}")
             shutil.copyfile(metrics_path, kept)
-            metrics = json.loads(metrics_path.read_text())
+            metrics = read_json(metrics_path)
             atomic_write_json(metrics_path, {k: v for k, v in metrics.items()
                                              if k not in entry.metrics})
             moved.append(str(kept))
@@ -204,6 +207,15 @@ class Stage:
             move_aside(done, problem)
         log.warning("stage %s: %s; redoing it%s", self.key, problem,
                     f" (the invalid output is kept as {moved})" if moved else "")
+
+
+def _marker_text(path: Path) -> str | None:
+    """The aggregate marker's text through the bounded reader (None when it is not a small
+    regular file: the aggregate is then redone)."""
+    try:
+        return read_text(path, limit=1 << 20, follow=False)
+    except ReadError:
+        return None
 
 
 def _runs_text(experiment_dir: Path, runs: tuple[str, ...]) -> str:

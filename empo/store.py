@@ -8,7 +8,9 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -18,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from empo.errors import EmpoError
+from empo.processes import ProcessId
+from empo.reader import ReadError, loads_json, open_regular, read_json, read_text
 
 VARIANTS = ("baseline", "sft", "sft_dpo")
+log = logging.getLogger(__name__)
 
 
 def run_dir(experiment_dir: Path, variant: str, seed: int) -> Path:
@@ -119,7 +124,9 @@ def file_lock(path: Path, blocking: bool = True, what: str = "") -> Iterator[Non
     try:
         handle.seek(0)
         handle.truncate()
-        handle.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        me = ProcessId.of(os.getpid())
+        handle.write(f"host {socket.gethostname()} pid {os.getpid()} start "
+                     f"{me.start if me else -1} boot {me.boot if me else '-'}\n")
         handle.flush()
         yield
     finally:
@@ -129,6 +136,19 @@ def file_lock(path: Path, blocking: bool = True, what: str = "") -> Iterator[Non
         handle.close()
 
 
+def lock_holder(path: Path) -> ProcessId | None:
+    """The process a lock file names (`file_lock`'s record), None when it names none validly."""
+    try:
+        words = read_text(path, limit=4096, follow=False).split()
+    except ReadError:
+        return None
+    fields = dict(zip(words[::2], words[1::2]))
+    if len(words) != 8 or not all(fields.get(k, "").lstrip("-").isdigit() for k in ("pid", "start")):
+        return None
+    return ProcessId.from_record({"host": fields.get("host"), "pid": int(fields["pid"]),
+                                  "start": int(fields["start"]), "boot": fields.get("boot")})
+
+
 def stage_lock(directory: Path, kind: str, key: str) -> contextlib.AbstractContextManager[None]:
     """Held while stage `key` (of `kind`) runs in `directory`; a second process gets StageBusy."""
     return file_lock(Path(directory) / f".{kind}.lock", blocking=False, what=f"stage {key}")
@@ -136,12 +156,16 @@ def stage_lock(directory: Path, kind: str, key: str) -> contextlib.AbstractConte
 
 def is_locked(directory: Path, kind: str) -> bool:
     """Whether a process holds the lock of stage `kind` in `directory` now."""
-    path = Path(directory) / f".{kind}.lock"
-    try:
-        handle = open(path, "r")
-    except FileNotFoundError:
+    return lock_held(Path(directory) / f".{kind}.lock")
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the `file_lock` at `path` now."""
+    try:  # without blocking or following a link: a FIFO or symlink placed there is no lock
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
         return False
-    with handle:
+    with os.fdopen(fd) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -196,6 +220,49 @@ def claim_dir(path: Path, what: str) -> Path:
     return path
 
 
+# experiment.yaml's first line as EmPO has written it (this version, and before 94032eb): a
+# directory holding it is EmPO's results from before the marker, and is marked when next used.
+EXPERIMENT_HEADERS = ("# The resolved config of this experiment", "# config hash: ")
+
+
+def _earlier_results(path: Path) -> bool:
+    """Whether `path` holds results EmPO wrote before the marker: an experiment.yaml with EmPO's
+    header line, or a run store (runs/<variant>/seed-<s>/ directories and nothing else)."""
+    try:
+        first = read_text(path / "experiment.yaml", limit=1 << 20, follow=False).split("\n", 1)[0]
+        return first.startswith(EXPERIMENT_HEADERS)
+    except ReadError:
+        pass
+    runs = path / "runs"
+    if not runs.is_dir() or runs.is_symlink():
+        return False
+    variants = list(runs.iterdir())
+    return bool(variants) and all(
+        variant.is_dir() and not variant.is_symlink() and all(
+            seed.is_dir() and re.fullmatch(r"seed-[0-9]+", seed.name) for seed in variant.iterdir())
+        for variant in variants)
+
+
+def claim_experiment_dir(path: Path, create: bool = True) -> Path:
+    """`claim_dir` for results/<name>: new, empty or EmPO's. Results of an earlier EmPO version
+    (no marker, but an experiment.yaml with EmPO's header) are recognised and marked. Without
+    `create` only check (nothing is written)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise EmpoError(f"{path}: experiment directory is a symbolic link; name the directory "
+                        "itself")
+    if not create:
+        foreign = path.exists() and not (path / OWNER_MARKER).exists() \
+            and not _earlier_results(path) and (not path.is_dir() or any(path.iterdir()))
+        if foreign:
+            claim_dir(path, "experiment")  # raises, naming the directory
+        return path
+    if path.is_dir() and not (path / OWNER_MARKER).exists() and _earlier_results(path):
+        atomic_write_text(path / OWNER_MARKER, "created by EmPO as experiment (results of an "
+                          "earlier version, recognised by experiment.yaml)\n")
+    return claim_dir(path, "experiment")
+
+
 def remove_owned_dir(path: Path) -> None:
     """Delete a directory the project made (it carries OWNER_MARKER); refuse any other."""
     path = Path(path)
@@ -213,11 +280,16 @@ def merge_json(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         raise EmpoError(f"{path}: output directory {path.parent} does not exist")
     with file_lock(path.with_name(f".{path.name}.lock")):
         current: dict[str, Any] = {}
-        if path.exists():
+        if os.path.lexists(path):
             try:
-                current = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise EmpoError(f"{path}: existing metrics are not valid JSON ({err})") from None
+                current = read_json(path)
+                problem = None if isinstance(current, dict) else f"{path}: not a JSON object"
+            except ReadError as err:
+                problem = str(err)
+            if problem:
+                move_aside(path, problem)
+                log.warning("%s; moved it aside, the stages that wrote it are redone", problem)
+                current = {}
         current.update(metrics)
         atomic_write_json(path, current)
     return current
@@ -230,12 +302,12 @@ def merge_json(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
 def json_object_problem(path: Path, keys: Iterable[str] = ()) -> str | None:
     """Why `path` is not a JSON object holding `keys` (None when it is)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return f"{path} is missing"
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return f"{path} is not valid JSON ({err})"
+    try:
+        data = read_json(path)
+    except ReadError as err:
+        return str(err)
     if not isinstance(data, dict):
         return f"{path} is not a JSON object"
     missing = [key for key in keys if key not in data]
@@ -268,17 +340,16 @@ def _unchanged_since_checked(check):
 def jsonl_problem(path: Path, field: str) -> str | None:
     """Why `path` is not JSON lines of objects with `field` (None when it is)."""
     path = Path(path)
+    if not os.path.lexists(path):
+        return f"{path} is missing"
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(open_regular(path, follow=False), "rb") as handle:
             for number, line in enumerate(handle, 1):
-                try:
-                    row = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    return f"{path}:{number} is not valid JSON"
+                row = loads_json(line, f"{path}:{number}")
                 if not isinstance(row, dict) or field not in row:
                     return f"{path}:{number} has no '{field}'"
-    except FileNotFoundError:
-        return f"{path} is missing"
+    except ReadError as err:
+        return str(err)
     return None
 
 
@@ -287,17 +358,17 @@ def safetensors_problem(path: Path) -> str | None:
     """Why `path` is not a complete safetensors file (header and sizes; no tensors are read)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
+        if not os.path.lexists(path):
+            return f"{path} is missing"
+        with os.fdopen(open_regular(path), "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if length < 2 or 8 + length > size:
                 return f"{path} is truncated or not a safetensors file"
-            header = json.loads(handle.read(length))
-    except FileNotFoundError:
-        return f"{path} is missing"
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"{path} has a corrupt safetensors header"
+            header = loads_json(handle.read(length), str(path))
+    except ReadError as err:
+        return f"{path} has a corrupt safetensors header ({err})"
     if not isinstance(header, dict):
         return f"{path} has a corrupt safetensors header"
     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"

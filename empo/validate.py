@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from empo.errors import ConfigError
 MAX_YAML_BYTES = 1 << 20          # a config, profile or experiment.yaml larger than this is refused
 MAX_YAML_NODES = 100_000          # after alias expansion (an alias bomb expands to billions)
 MAX_YAML_DEPTH = 64
+MAX_YAML_INT = 10**30             # larger integers are refused (no field takes one)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 NAME_RULE = ("1-100 characters from A-Z a-z 0-9 . _ + -, starting with a letter or digit")
 SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -30,14 +30,13 @@ SEED_LIMIT = 2**32                # numpy/torch seeds: 0 <= seed < 2^32
 
 def read_text(path: Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> str:
     """A UTF-8 text file; ConfigError naming the file for unreadable, oversized or non-UTF-8."""
+    from empo.reader import ReadError, read_bytes
+
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read {what} ({err.strerror})") from None
-    if len(data) > limit:
-        raise ConfigError(f"{path}: {what} larger than {limit} bytes")
+    try:  # the bounded reader: a FIFO or device is refused without blocking
+        data = read_bytes(path, limit)
+    except ReadError as err:
+        raise ConfigError(f"{err} ({what})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -50,15 +49,28 @@ def load_yaml(text: str, source: str) -> Any:
     """yaml.safe_load, refusing documents that expand past MAX_YAML_NODES (alias bombs) or nest
     deeper than MAX_YAML_DEPTH; errors name `source` and the line."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SafeTextDatesLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
     except RecursionError:
         raise ConfigError(f"{source}: YAML nested too deeply") from None
+    except (ValueError, OverflowError) as err:  # an explicit !!timestamp 2001-13-01, ...
+        raise ConfigError(f"{source}: invalid YAML value ({' '.join(str(err).split())[:120]})"
+                          ) from None
     _check_size(data, source)
     return data
+
+
+class SafeTextDatesLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that leaves unquoted dates and times as text (`data.revision=2001-12-01`
+    is a string, as the field is); numbers that look like dates never become datetime objects."""
+
+
+SafeTextDatesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _check_size(data: Any, source: str) -> None:
@@ -70,6 +82,9 @@ def _check_size(data: Any, source: str) -> None:
         if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
             raise ConfigError(f"{source}: YAML expands to more than {MAX_YAML_NODES} values or "
                               f"{MAX_YAML_DEPTH} levels (an alias bomb?); write it out plainly")
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= MAX_YAML_INT:
+            raise ConfigError(f"{source}: integer of {len(str(abs(node)))} digits; at most "
+                              f"{len(str(MAX_YAML_INT)) - 1} digits are allowed")
         if isinstance(node, dict):
             stack.extend((v, depth + 1) for v in node.values())
             stack.extend((k, depth + 1) for k in node.keys())
@@ -77,15 +92,61 @@ def _check_size(data: Any, source: str) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+# sbatch options the launcher sets itself: a job's logs, array, dependencies, name, working
+# directory and script are its own (a job log must never be pointed at a user's file).
+LAUNCHER_SBATCH_OPTIONS = {
+    "output": "the job's stdout log is the launcher's (results/<name>/jobs/...)",
+    "error": "the job's stderr log is the launcher's (results/<name>/jobs/...)",
+    "input": "jobs read no stdin",
+    "open-mode": "the launcher's logs are appended to across requeues",
+    "array": "arrays over seeds are planned by the launcher",
+    "dependency": "dependencies follow the stage graph (afterok/aftercorr)",
+    "kill-on-invalid-dep": "set by the launcher with every dependency",
+    "job-name": "jobs are named <experiment>:<stage>:<variant>",
+    "chdir": "jobs run where the launcher starts them",
+    "workdir": "jobs run where the launcher starts them",
+    "wrap": "the job script is the launcher's",
+    "parsable": "the launcher reads sbatch's answer itself",
+    "comment": "the launcher's record of the job",
+    "export": "the job's environment is set by the launcher (cluster.hf_home, cluster.offline)",
+    "export-file": "the job's environment is set by the launcher",
+    "signal": "submitit's preemption and timeout handling sets it",
+    "test-only": "empo submit --dry-run runs sbatch --test-only",
+}
+
+
+def sbatch_option_problem(key: str) -> str | None:
+    """Why `cluster.slurm_extra` may not set sbatch option `key` (None when it may): one the
+    launcher owns, or an abbreviation sbatch would read as one (`out` for `output`)."""
+    for option, why in LAUNCHER_SBATCH_OPTIONS.items():
+        if option.startswith(key):
+            return f"--{option} is set by the launcher: {why}"
+    return None
+
+
+def check_override_text(text: str) -> str:
+    """A raw `KEY=VALUE` override, refused before YAML reads it when it holds a control,
+    line-separator or bidi character (YAML would fold `gpu\nx` into `gpu x`)."""
+    from empo.quoting import unsafe_char
+
+    found = unsafe_char(text)
+    if found is not None:
+        raise ConfigError(f"override {text[:60]!r}: control character {found[1]!r} at position "
+                          f"{found[0]}; overrides must be printable text on one line")
+    return text
+
+
 def check_text(value: Any, path: str) -> None:
-    """ConfigError if a string in `value` (nested lists/dicts too) holds a control character or
-    a line/paragraph separator (newlines and tabs are allowed in FREE_TEXT_KEYS)."""
+    """ConfigError if a string in `value` (nested lists/dicts too) holds a control character,
+    a line/paragraph separator or a bidi control (`quoting.unsafe_char`; newlines and tabs are
+    allowed in FREE_TEXT_KEYS)."""
+    from empo.quoting import unsafe_char
+
     if isinstance(value, str):
-        allowed = "\n\t" if path in FREE_TEXT_KEYS else ""
-        for i, char in enumerate(value):
-            if char not in allowed and unicodedata.category(char) in ("Cc", "Zl", "Zp"):
-                raise ConfigError(f"{path}: control character {char!r} at position {i} of "
-                                  f"{value[:40]!r}; config text must be printable")
+        found = unsafe_char(value, "\n\t" if path in FREE_TEXT_KEYS else "")
+        if found is not None:
+            raise ConfigError(f"{path}: control character {found[1]!r} at position {found[0]} "
+                              f"of {value[:40]!r}; config text must be printable")
     elif isinstance(value, dict):
         for key, item in value.items():
             check_text(key, f"{path} (key)")

@@ -18,6 +18,7 @@ from empo.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
+EMPO_HEADER = "# The resolved config of this experiment, as last run.\n"
 RAW_HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
@@ -57,6 +58,7 @@ def ws(tmp_path: Path) -> Path:
     (tmp_path / "with_profile.yaml").write_text(
         f"name: x\ncluster:\n  profile: {tmp_path / 'latin1_profile.yaml'}\n")
     (tmp_path / "list.yaml").write_text("- name\n- x\n")
+    (tmp_path / "bidi.yaml").write_text("name: x\ndata:\n  source: /tmp/a\u202eb.csv\n")
     (tmp_path / "arch_list.json").write_text("[1, 2]")
     (tmp_path / "latin1.csv").write_bytes("variant,n\nbas\xe9,1\n".encode("latin-1"))
     (tmp_path / "latin1.tsv").write_bytes("emotion\topposite\ncaf\xe9\tx\n".encode("latin-1"))
@@ -69,33 +71,73 @@ def _crafted_results(root: Path) -> None:
     exp = root / "results" / "evil"
     jobs = exp / "jobs"
     jobs.mkdir(parents=True)
-    (exp / "experiment.yaml").write_text(SMOKE.read_text().replace("name: smoke", "name: evil")
-                                         .replace("results_dir: results", f"results_dir: {root}/results")
-                                         .replace("assets/tiny", f"{PROJECT_ROOT}/assets/tiny"))
+    (exp / "experiment.yaml").write_text(
+        EMPO_HEADER + SMOKE.read_text().replace("name: smoke", "name: evil")
+        .replace("results_dir: results", f"results_dir: {root}/results")
+        .replace("assets/tiny", f"{PROJECT_ROOT}/assets/tiny"))
+    for name in ("evil", "badshape", "inject"):  # EmPO's (marked): only their content is hostile
+        (root / "results" / name).mkdir(exist_ok=True)
+        (root / "results" / name / ".empo-owned").write_text("")
     with open(jobs / "4242_0_result.pkl", "wb") as handle:
         pickle.dump(Pwned(root.parent / f"{root.name}-PWNED"), handle)
     manifest = {"jobs": {"sft/sft/seed-1": {"job_id": "4242", "executor": "local",
                                             "folder": str(jobs), "stderr": "x"}}}
     (exp / "manifest.json").write_text(json.dumps(manifest))
+    _hostile_results(root, exp)
     bad = root / "results" / "badshape"
-    bad.mkdir()
     (bad / "experiment.yaml").write_text((exp / "experiment.yaml").read_text()
                                          .replace("name: evil", "name: badshape"))
     (bad / "manifest.json").write_text(json.dumps({"jobs": ["sft"]}))
     inject = root / "results" / "inject"
-    inject.mkdir()
     (inject / "experiment.yaml").write_text((exp / "experiment.yaml").read_text()
                                             .replace("name: evil", "name: inject"))
     (inject / "manifest.json").write_text(json.dumps({"jobs": {"aggregate": {
         "job_id": "--help; touch PWNED", "executor": "slurm"}}}))
 
 
+def _hostile_results(root: Path, evil: Path) -> None:
+    """Results directories whose files are hostile to a reader (issue 22.4-5): a FIFO manifest,
+    deep JSON, a log path out of the tree, huge integers in metrics; and a foreign directory."""
+    def experiment(name: str) -> Path:
+        exp = root / "results" / name
+        exp.mkdir(parents=True)
+        (exp / "experiment.yaml").write_text((evil / "experiment.yaml").read_text()
+                                             .replace("name: evil", f"name: {name}"))
+        (exp / ".empo-owned").write_text("")
+        return exp
+
+    os.mkfifo(experiment("fifo") / "manifest.json")
+    (experiment("deep") / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    for name, stderr in (("passwd", "/etc/passwd"), ("zero", "/dev/zero")):
+        (experiment(name) / "manifest.json").write_text(json.dumps({"jobs": {"sft/sft/seed-1": {
+            "job_id": "4242", "executor": "local", "state": "FAILED", "stderr": stderr,
+            "stdout": stderr}}}))
+    logfifo = experiment("logfifo")
+    os.mkfifo(logfifo / "err.log")
+    (logfifo / "manifest.json").write_text(json.dumps({"jobs": {"sft/sft/seed-1": {
+        "job_id": "4242", "executor": "local", "state": "FAILED",
+        "stderr": str(logfifo / "err.log"), "stdout": str(logfifo / "err.log")}}}))
+    for name, text in (("hugeint", '{"epitome_diff": 1' + "0" * 5000 + "}"),
+                       ("overflow", '{"epitome_diff": 1' + "0" * 400 + "}")):
+        run = experiment(name) / "runs" / "baseline" / "seed-1"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(text)
+    foreign = root / "results" / "foreign"
+    foreign.mkdir()
+    (foreign / "experiment.yaml").write_text("my own notes: keep\n")
+    (foreign / "dry-run").mkdir()
+    (foreign / "dry-run" / "mine.sbatch").write_text("#!/bin/bash\n")
+    os.mkfifo(root / "fifo.yaml")
+    os.mkfifo(root / "fifo.csv")
+
+
 def tree_digest(root: Path) -> dict[str, str]:
-    """path -> sha256 of every file under `root` (directories as 'dir')."""
+    """path -> sha256 of every file under `root` (directories as 'dir', FIFOs as 'fifo')."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        out[rel] = ("dir" if path.is_dir() else "fifo" if path.is_fifo()
+                    else hashlib.sha256(path.read_bytes()).hexdigest())
     return out
 
 
@@ -222,7 +264,7 @@ CASES = [
     Case("architecture-json-list", ["plan", *smoke("model.architecture={ws}/arch_list.json")],
          "arch_list.json: the model config must be a JSON object"),
     Case("compare-not-utf8", ["aggregate", "{ws}/results/evil", "--compare", "{ws}/latin1.csv"],
-         "latin1.csv: reference table is not UTF-8"),
+         "latin1.csv:2: not UTF-8 text"),
     Case("table-not-utf8", ["data", "preference", "--source", "{ws}/ed", "--out",
                             "{ws}/p.jsonl", "--table", "{ws}/latin1.tsv"], "latin1.tsv"),
     Case("header-only-source", ["data", "sft", "--source", "{ws}/header_only", "--out",
@@ -233,12 +275,62 @@ CASES = [
     Case("unknown-option", ["data", "sft", "--source", "{ws}/ed", "--out", "{ws}/s.jsonl",
                             "--bogus"],
          "unrecognized arguments: --bogus"),
+    # issue 22.1: a directory the project did not create is never written into, moved or cleaned
+    Case("run-into-foreign-dir", ["run", *smoke("results_dir={ws}", "name=thesis")],
+         "thesis: not an EmPO experiment directory"),
+    Case("run-force-new-foreign-dir", ["run", *smoke("results_dir={ws}", "name=thesis"),
+                                       "--force-new"], "not an EmPO experiment directory"),
+    Case("run-force-new-source-tree", ["run", *smoke(f"results_dir={PROJECT_ROOT}", "name=empo"),
+                                       "--force-new"], "empo: not an EmPO experiment directory"),
+    Case("dry-run-foreign-dir", ["submit", *smoke("name=foreign"), "--dry-run"],
+         "foreign: not an EmPO experiment directory"),
+    Case("aggregate-foreign-dir", ["aggregate", "{ws}/thesis"], "not an EmPO experiment"),
+    # issue 22.3: the launcher's own sbatch options are refused, with the reason
+    Case("slurm-extra-output", ["config", "validate",
+                                *smoke("cluster.slurm_extra={output: /home/u/.bashrc}")],
+         "cluster.slurm_extra.output: not settable (--output is set by the launcher"),
+    Case("slurm-extra-abbreviation", ["config", "validate",
+                                      *smoke("cluster.slurm_extra={err: x}")],
+         "--error is set by the launcher"),
+    Case("slurm-extra-wrap", ["config", "validate", *smoke("cluster.slurm_extra={wrap: id}")],
+         "--wrap is set by the launcher"),
+    # issue 22.4: files a results directory names and paths a user gives: regular files only
+    Case("validate-fifo", ["config", "validate", "{ws}/fifo.yaml"], "fifo.yaml: not a regular"),
+    Case("status-fifo-manifest", ["status", "{ws}/results/fifo"], "manifest.json: not a regular"),
+    Case("cancel-fifo-manifest", ["cancel", "{ws}/results/fifo"], "manifest.json: not a regular"),
+    Case("logs-fifo-log", ["logs", "{ws}/results/logfifo", "sft/sft/seed-1", "--err"],
+         "err.log: not a regular file"),
+    Case("logs-etc-passwd", ["logs", "{ws}/results/passwd", "sft/sft/seed-1"],
+         "the manifest names the log /etc/passwd, outside"),
+    Case("logs-dev-zero", ["logs", "{ws}/results/zero", "sft/sft/seed-1", "--err"],
+         "the manifest names the log /dev/zero, outside"),
+    Case("compare-fifo", ["aggregate", "{ws}/results/evil", "--compare", "{ws}/fifo.csv"],
+         "fifo.csv: not a regular file"),
+    # issue 22.5: parse limits
+    Case("status-deep-manifest", ["status", "{ws}/results/deep"], "JSON nested deeper than"),
+    Case("aggregate-huge-int", ["aggregate", "{ws}/results/hugeint"], "integer of 5001 digits"),
+    Case("aggregate-overflow", ["aggregate", "{ws}/results/overflow"], "integer of 401 digits"),
+    Case("override-huge-int", ["config", "validate", *smoke("lora.r=1" + "0" * 400)],
+         "integer of 401 digits"),
+    Case("override-5000-digits", ["config", "validate", *smoke("lora.r=" + "9" * 5000)],
+         "invalid YAML value"),
+    Case("override-bad-date", ["config", "validate", *smoke("data.revision=!!timestamp 2001-13-01")],
+         "invalid YAML value (month must be in 1..12)"),
+    # issue 22.9: control characters in the raw override text, bidi overrides in paths
+    Case("override-raw-newline", ["config", "validate", *smoke("cluster.partition=gpu\nx")],
+         "control character '\\n'"),
+    Case("path-bidi-override", ["config", "validate", *smoke("data.source=/tmp/a\u202eb")],
+         "override 'data.source=/tmp/a\\u202eb': control character '\\u202e'"),
+    Case("path-bidi-in-file", ["config", "validate", "{ws}/bidi.yaml"],
+         "data.source: control character '\\u202e'"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input_is_refused_in_one_line_and_changes_nothing(case, ws, capsys):
     argv = [a.replace("{ws}", str(ws)) for a in case.argv]
+    if case.setup is not None:
+        case.setup(ws)
     before = tree_digest(ws)
     project_before = tree_digest(PROJECT_ROOT / "configs")
     try:

@@ -159,14 +159,15 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _experiment(results_dir: Path):
-    from empo.config import EXPERIMENT_FILE
+    from empo.config import EXPERIMENT_FILE, read_experiment
     from empo.pipeline import build_graph
-    from empo.config import read_experiment
+    from empo.store import claim_experiment_dir
 
     cfg = read_experiment(results_dir)
     if cfg is None:
         raise LaunchError(f"{results_dir}: no {EXPERIMENT_FILE} (expected results/<experiment> "
                           "written by empo run or empo submit)")
+    claim_experiment_dir(results_dir)  # status writes cost.csv, cancel the manifest: EmPO's only
     # The stored config names results/<name>; the directory given is where it is now.
     cfg.results_dir, cfg.name = str(results_dir.resolve().parent), results_dir.resolve().name
     return cfg, build_graph(cfg)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from empo.store import claim_experiment_dir
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `aggregate` and `plot`."""
@@ -37,6 +39,7 @@ def _aggregate(args: argparse.Namespace) -> int:
 
     if args.compare is not None:
         read_table_csv(args.compare)  # a bad reference fails before anything is written
+    claim_experiment_dir(args.results_dir, create=False)  # tables go only into EmPO's directory
     table = aggregate(args.results_dir, skip_bad=args.skip_bad, compare=args.compare)
     print(table.with_name("table.md").read_text(), end="")
     if args.compare is not None:
@@ -48,6 +51,7 @@ def _aggregate(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from empo.results.plots import plot
 
+    claim_experiment_dir(args.results_dir, create=False)  # plots go only into EmPO's directory
     for path in plot(args.results_dir, skip_bad=args.skip_bad):
         print(path)
     return 0

@@ -1,8 +1,8 @@
 """Container runtimes for jobs (`cluster.container`: runtime, image, binds).
 
 apptainer, podman and charliecloud wrap the job's Python through submitit's `python=` prefix
-(written unquoted into the job script, so every value here is shlex-quoted); pyxis goes through
-srun's `--container-image`/`--container-mounts` (submitit quotes srun arguments itself). The job
+(written unquoted into the job script, so every value goes through `quoting.shell_word`); pyxis
+goes through srun's `--container-image`/`--container-mounts` (submitit quotes srun arguments). The job
 folder, the results directory and the project root are always bound, at the same path. Inside the
 container the job runs the host venv's Python when that venv is bound in (a dev image with the
 project mounted), else the image's `python` (an image with EmPO installed: docker/Dockerfile).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
+from empo.quoting import shell_word
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def container_command(cfg: ExperimentConfig, always_bind: Iterable[Path],
     pairs = bind_pairs(cfg, [*always_bind, *hub_binds(cfg)])  # offline jobs read the Hub cache
     image = image_path(cfg)
     python = _inner_python(pairs)
-    q = shlex.quote
+    q = shell_word  # the one quoting function (refuses control characters)
 
     def spec(source: str, target: str, options: str) -> str:
         return ":".join(p for p in (source, target, options) if p)

@@ -4,7 +4,8 @@ config re-runs.
 Identity is per stage (`empo.pipeline`): a changed config re-runs exactly the stages whose
 fingerprint changed, and `reruns` says which and why before anything starts. `--force-new` still
 starts a fresh directory: the old one is moved aside whole to results/<name>.<time> (never
-deleted; old and new runs never mix).
+deleted; old and new runs never mix). Only a directory EmPO made (`store.claim_experiment_dir`)
+is written into or moved.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from pathlib import Path
 
 from empo.config import EXPERIMENT_FILE, ExperimentConfig
 from empo.pipeline import Graph
-from empo.store import atomic_write_text
+from empo.store import atomic_write_text, claim_experiment_dir
 
 log = logging.getLogger(__name__)
-
 
 
 def aside_path(experiment_dir: Path) -> Path:
@@ -36,11 +36,13 @@ def write_experiment(cfg: ExperimentConfig, force_new: bool = False) -> Path | N
     move an existing directory aside whole. Returns where the old directory went, if moved."""
     exp = cfg.experiment_dir
     moved = None
-    if force_new and exp.exists():
+    existed = exp.exists()
+    claim_experiment_dir(exp)  # a directory EmPO did not make is refused, never moved or written
+    if force_new and existed:
         moved = aside_path(exp)
         exp.rename(moved)
         log.warning("moved %s aside to %s", exp, moved)
-    exp.mkdir(parents=True, exist_ok=True)
+        claim_experiment_dir(exp)
     header = ("# The resolved config of this experiment, as last run. Identity is per stage:\n"
               "# each run directory's stage.json holds its stages' fingerprints.\n")
     atomic_write_text(exp / EXPERIMENT_FILE, header + cfg.to_yaml())

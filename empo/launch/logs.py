@@ -1,8 +1,10 @@
 """`empo logs RESULTS_DIR STAGE [--err] [-f]`: the log of a stage's current (last) job, named by
-the manifest; `-f` follows it while the job is pending or running. Logs are read as text only.
+the manifest; `-f` follows it while the job is pending or running. Logs are read as text only,
+through the bounded reader (regular files inside the experiment directory, the last MiB).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import IO, Any
 
 from empo.errors import LaunchError
 from empo.pipeline import Graph
+from empo.reader import LOG_LIMIT, inside, open_regular
 
 
 def find_stage(graph: Graph, name: str) -> str:
@@ -37,13 +40,27 @@ def log_path(graph: Graph, manifest: dict[str, Any], key: str, err: bool) -> tup
     if not path:
         raise LaunchError(f"{key}: job {entry['job_id']} has no {'stderr' if err else 'stdout'} log "
                           "recorded")
+    if not inside(path, graph.experiment_dir):
+        raise LaunchError(f"{key}: the manifest names the log {path}, outside "
+                          f"{graph.experiment_dir}; only logs inside the experiment are shown")
     return Path(path), entry
 
 
-def _live(entry: dict[str, Any]) -> bool:
+def _live(entry: dict[str, Any], experiment_dir: Path) -> bool:
     from empo.launch.status import LIVE, job_states, normalize
 
-    return normalize(job_states({"x": entry}).get(entry["job_id"])) in LIVE
+    return normalize(job_states({"x": entry}, experiment_dir).get(entry["job_id"])) in LIVE
+
+
+def _read_from(path: Path, position: int) -> tuple[bytes, int]:
+    """(what the log holds after `position`, at most LOG_LIMIT bytes: the newest; the position
+    after it); a log that is not a regular file (a FIFO, /dev/zero) is refused without blocking
+    (ReadError)."""
+    with os.fdopen(open_regular(path, follow=False), "rb") as handle:
+        start = max(position, os.fstat(handle.fileno()).st_size - LOG_LIMIT)
+        handle.seek(start)
+        chunk = handle.read(LOG_LIMIT)
+    return chunk, start + len(chunk)
 
 
 def show_log(graph: Graph, manifest: dict[str, Any], name: str, err: bool = False,
@@ -54,23 +71,23 @@ def show_log(graph: Graph, manifest: dict[str, Any], name: str, err: bool = Fals
     out = out or sys.stdout
     key = find_stage(graph, name)
     path, entry = log_path(graph, manifest, key, err)
-    if not path.exists() and not (follow and _live(entry)):
+    def live() -> bool:
+        return _live(entry, graph.experiment_dir)
+
+    if not path.exists() and not (follow and live()):
         raise LaunchError(f"{key}: {path} does not exist (job {entry['job_id']} has not started "
                           "writing it yet, or its folder was removed)")
     start = time.monotonic()
     position = 0
     while True:
-        if path.exists():
-            with open(path, "rb") as handle:
-                handle.seek(position)
-                chunk = handle.read()
-            position += len(chunk)
+        if os.path.lexists(path):
+            chunk, position = _read_from(path, position)
             if chunk:
                 out.write(chunk.decode("utf-8", errors="replace"))
                 out.flush()
         if not follow:
             return path
-        if not _live(entry):
+        if not live():
             time.sleep(poll_s)  # what the job wrote while ending
             if path.exists() and path.stat().st_size > position:
                 continue

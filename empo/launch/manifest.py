@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
+from empo.reader import ReadError, read_json
 from empo.store import atomic_write_json, file_lock
 
 MANIFEST = "manifest.json"
@@ -25,14 +27,12 @@ MANIFEST = "manifest.json"
 def read_manifest(experiment_dir: Path) -> dict[str, Any]:
     """The manifest, or {} when nothing was started from this results directory yet."""
     path = Path(experiment_dir) / MANIFEST
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LaunchError(f"{path}: not valid JSON ({err})") from None
-    except OSError as err:
-        raise LaunchError(f"{path}: cannot read ({err.strerror})") from None
+    try:  # the bounded reader: a regular file, no symlink, size, depth and number limits
+        data = read_json(path)
+    except ReadError as err:
+        raise LaunchError(str(err)) from None
     if not isinstance(data, dict):
         raise LaunchError(f"{path}: expected a JSON object")
     check_jobs(data.get("jobs", {}), path)

@@ -25,6 +25,7 @@ from empo.hub import hub_environment
 from empo.launch.containers import check_container, container_command
 from empo.launch.manifest import now, record_jobs
 from empo.launch.resources import job_resources
+from empo.quoting import shell_words
 
 log = logging.getLogger(__name__)
 
@@ -231,18 +232,18 @@ def run_wrapper(kind: str, argv: list[str], dry_run: bool = False) -> int:
     launch = build_launch(cfg, args, env)
     if dry_run:
         print(" ".join(f"{k}={v}" for k, v in launch.env.items()))
-        print("command: " + shlex.join(launch.command))
-        print("launch: " + shlex.join(launch.launch))
+        print("command: " + shell_words(launch.command))
+        print("launch: " + shell_words(launch.launch))
         return 0
     name = f"jobs/{kind}.sbatch"
     if cfg is not None and env.get("SLURM_JOB_ID"):
         name = register_running_job(cfg, args, env)
-    print(f"empo job {env.get('SLURM_JOB_ID', 'local')} ({name}): {shlex.join(launch.command)}",
+    print(f"empo job {env.get('SLURM_JOB_ID', 'local')} ({name}): {shell_words(launch.command)}",
           file=sys.stderr, flush=True)
     status = subprocess.run(launch.launch, env={**env, **launch.env}).returncode
     if status != 0:
         print(f"empo job: {name} failed (exit {status}); once fixed, resubmit the same job with\n"
-              f"  sbatch jobs/{kind}.sbatch {shlex.join(argv)}", file=sys.stderr, flush=True)
+              f"  sbatch jobs/{kind}.sbatch {shell_words(argv)}", file=sys.stderr, flush=True)
     return status
 
 
@@ -288,7 +289,7 @@ def submit_all(cfg: ExperimentConfig, config: str, overrides: list[str], jobs_di
                 ids.get(d, f"${d}") for d in unit.deps))
         argv = ["sbatch", "--parsable", *options, str(jobs_dir / f"{wrapper}.sbatch"), *wargs]
         if dry_run:
-            print(shlex.join(argv))
+            print(shell_words(argv))
             ids[unit.key] = f"<{unit.key}>"
             continue
         run = subprocess.run(argv, capture_output=True, text=True, timeout=120)

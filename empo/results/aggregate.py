@@ -10,7 +10,6 @@ core metric found anywhere).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from empo.config import ExperimentConfig, read_experiment
 from empo.errors import EmpoError
+from empo.reader import ReadError, read_json
 from empo.results import table
 from empo.results.compare import compare_rows, read_table_csv
 from empo.results.compare import to_csv as compare_csv
@@ -85,12 +85,10 @@ def build_rows(runs: Runs, order: Sequence[str], expected_seeds: Iterable[int],
 def read_metrics(path: Path) -> dict[str, float]:
     """A run's numeric metrics; EmpoError naming the file if it is not a JSON object of finite
     numbers for the core metrics (other non-numeric keys are ignored)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise EmpoError(f"{path}: cannot read metrics ({err})") from None
-    except json.JSONDecodeError as err:
-        raise EmpoError(f"{path}: malformed metrics.json ({err})") from None
+    try:  # the bounded reader: a regular file, size, depth and finite-number limits
+        data = read_json(path)
+    except ReadError as err:
+        raise EmpoError(f"malformed metrics.json: {err}") from None
     if not isinstance(data, dict):
         raise EmpoError(f"{path}: malformed metrics.json (expected a JSON object)")
     metrics = {}
@@ -105,21 +103,33 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
-def collect_runs(experiment_dir: Path, skip_bad: bool = False) -> tuple[Runs, dict[str, set[int]],
-                                                                         list[Path]]:
-    """(variant -> seed -> metrics, variant -> seeds with a run directory, skipped bad files)."""
+def collect_runs(experiment_dir: Path, skip_bad: bool = False,
+                 cfg: ExperimentConfig | None = None) -> tuple[Runs, dict[str, set[int]],
+                                                               list[Path]]:
+    """(variant -> seed -> metrics, variant -> seeds with a run directory, skipped bad files).
+    With `cfg`, exactly the runs it asks for (its variants × its seeds): a seed directory left
+    from an earlier `seeds` list or copied in, or a stray variant, is not read, and all such are
+    named in one line on stderr."""
     runs_root = Path(experiment_dir) / "runs"
     if not runs_root.is_dir():
         raise EmpoError(f"{experiment_dir}: no runs/ directory (expected results/<experiment>)")
     runs: Runs = {}
     dirs: dict[str, set[int]] = {}
     bad: list[Path] = []
-    for variant_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+    variant_dirs = sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.is_symlink())
+    variants = (set(variant_order(cfg, {p.name for p in variant_dirs}, configured_only=True))
+                if cfg is not None else {p.name for p in variant_dirs})
+    seeds = set(cfg.seeds) if cfg is not None else None
+    ignored = []
+    for variant_dir in variant_dirs:
         for seed_dir in sorted(p for p in variant_dir.iterdir() if p.is_dir()):
             match = _SEED_DIR.match(seed_dir.name)
             if not match:
                 continue
             seed = int(match.group(1))
+            if variant_dir.name not in variants or (seeds is not None and seed not in seeds):
+                ignored.append(f"{variant_dir.name}/{seed_dir.name}")
+                continue
             dirs.setdefault(variant_dir.name, set()).add(seed)
             path = seed_dir / "metrics.json"
             if not path.exists():
@@ -132,6 +142,9 @@ def collect_runs(experiment_dir: Path, skip_bad: bool = False) -> tuple[Runs, di
                 bad.append(path)
                 continue
             runs.setdefault(variant_dir.name, {})[seed] = metrics
+    if ignored:
+        print(f"empo: aggregate ignores runs the config does not ask for (its variants × seeds "
+              f"{', '.join(map(str, sorted(seeds or ())))}): {', '.join(ignored)}", file=sys.stderr)
     return runs, dirs, bad
 
 
@@ -140,7 +153,7 @@ def load_rows(experiment_dir: Path, cfg: ExperimentConfig | None = None,
     """Read the run store and summarize it: (rows in table order, the per-seed metrics)."""
 
     cfg = cfg if cfg is not None else read_experiment(experiment_dir)
-    runs, dirs, bad = collect_runs(experiment_dir, skip_bad)
+    runs, dirs, bad = collect_runs(experiment_dir, skip_bad, cfg)
     for path in bad:
         print(f"empo: skipped malformed {path}", file=sys.stderr)
     if not runs:

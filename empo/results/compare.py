@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from empo.errors import EmpoError
+from empo.reader import ReadError, read_text
 from empo.results.rows import METRICS, Row, Stat
 from empo.results.table import HIGHER_IS_BETTER, LABELS, csv_text, fmt_mean, fmt_number, fmt_sd
 
@@ -48,12 +49,10 @@ def _float(value: str, path: Path, line: int, column: str) -> float | None:
 
 def read_table_csv(path: Path) -> Reference:
     """A table.csv-shaped file -> variant -> metric -> Stat (n from `<metric>_n`, else `n`)."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as err:
-        raise EmpoError(f"{path}: cannot read reference table ({err.strerror})") from None
-    except UnicodeDecodeError as err:
-        raise EmpoError(f"{path}: reference table is not UTF-8 text (byte {err.start})") from None
+    try:  # the bounded reader: a FIFO or device is refused without blocking
+        text = read_text(path, limit=16 << 20, strict=True)
+    except ReadError as err:
+        raise EmpoError(f"{err} (reference table)") from None
     reader = csv.DictReader(text.splitlines())
     columns = reader.fieldnames or []
     if "variant" not in columns or "n" not in columns:

@@ -122,11 +122,13 @@ def expand_sweep(cfg: ExperimentConfig) -> list[SweepPoint]:
     return points
 
 
-def variant_order(cfg: ExperimentConfig | None, found: list[str] | set[str] = ()) -> list[str]:
+def variant_order(cfg: ExperimentConfig | None, found: list[str] | set[str] = (),
+                  configured_only: bool = False) -> list[str]:
     """Table order: baseline, sft, sft_dpo, then sweep points (config order), then any other found
-    variant sorted. Without a sweep the plain variants are expected; with one, only those found."""
+    variant sorted. Without a sweep the plain variants are expected; with one, only those found.
+    `configured_only`: without the found others."""
     found = set(found)
     points = [p.name for p in expand_sweep(cfg)] if cfg is not None else []
     plain = [v for v in VARIANTS if v in found or (cfg is not None and not points)]
     known = set(plain) | set(points)
-    return plain + points + sorted(found - known)
+    return plain + points + ([] if configured_only else sorted(found - known))
