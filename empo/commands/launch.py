@@ -178,13 +178,14 @@ def _status(args: argparse.Namespace) -> int:
 
     from empo.launch.cost import experiment_cost
     from empo.launch.manifest import read_manifest
+    from empo.launch.orphans import with_orphans
     from empo.launch.status import console, experiment_report, render, summary
 
     if args.watch is not None and not 0.5 <= args.watch <= 86400:
         raise LaunchError(f"--watch {args.watch:g}: refresh interval must be 0.5..86400 seconds")
     cfg, graph = _experiment(args.results_dir)
     while True:
-        statuses, details = experiment_report(graph, read_manifest(cfg.experiment_dir))
+        statuses, details = experiment_report(graph, with_orphans(read_manifest(cfg.experiment_dir)))
         experiment_cost(graph, statuses, details)
         if args.json:
             print(json.dumps([s.to_dict() for s in statuses], indent=2), flush=True)
@@ -209,10 +210,13 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     from empo.launch.manifest import read_manifest
+    from empo.launch.orphans import settle_orphans
     from empo.launch.status import cancel
 
     cfg, graph = _experiment(args.results_dir)
-    cancelled = cancel(graph, read_manifest(cfg.experiment_dir), cfg.experiment_dir)
+    orphans = settle_orphans(cfg.experiment_dir, graph, adopt=False)  # of a killed submission
+    cancelled = sorted({*orphans, *cancel(graph, read_manifest(cfg.experiment_dir),
+                                          cfg.experiment_dir)})
     print(f"cancelled {len(cancelled)} job(s)" + (f": {' '.join(cancelled)}" if cancelled else ""))
     return 0
 

@@ -43,12 +43,29 @@ def _tres(text: str, name: str) -> int:
 
 def parse_sacct(text: str) -> dict[str, JobInfo]:
     """`sacct -n -P -X -D -o SACCT_FIELDS` rows -> one JobInfo per job id: one row per attempt
-    (-D), so a requeued job has several; elapsed is summed, the last row gives the state."""
+ARRAY_RANGE = re.compile(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]")
+
+
+def array_task_ids(job_id: str) -> list[str]:
+    """SLURM's record of array tasks that never started, `41_[0-1,4%2]` -> 41_0 41_1 41_4;
+    any other id as it is."""
+    match = ARRAY_RANGE.fullmatch(job_id)
+    if match is None:
+        return [job_id]
+    tasks: list[str] = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            tasks += [f"{match.group(1)}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return tasks
+
+
+    (-D), so a requeued job has several; elapsed is summed, the last row gives the state. A
+    range record of array tasks that never started (`41_[0-1%2]`) stands for each of them."""
     out: dict[str, JobInfo] = {}
-    for line in text.splitlines():
-        cols = line.split("|")
-        if len(cols) < 8 or not cols[0]:
-            continue
+    rows = [line.split("|") for line in text.splitlines()]
+    for cols in [[task, *cols[1:]] for cols in rows if len(cols) >= 8 and cols[0]
+                 for task in array_task_ids(cols[0])]:
         job_id, state, elapsed, nodes, exit_code, reason, tres, cpus = cols[:8]
         info = out.get(job_id)
         if info is None:
@@ -108,7 +125,10 @@ def slurm_job_info(job_ids: list[str]) -> dict[str, JobInfo]:
     if not job_ids:
         return {}
     ids = ",".join(job_ids)
-    acct = _run(["sacct", "-n", "-P", "-X", "-D", "-o", SACCT_FIELDS, "-j", ids])
+    # an array's tasks that never started are one range record, listed under the array's id
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids if "_" in job_id})
+    acct = _run(["sacct", "-n", "-P", "-X", "-D", "-o", SACCT_FIELDS, "-j",
+                 ",".join([*job_ids, *arrays])])
     queue = _run(["squeue", "-h", "-r", "-o", SQUEUE_FORMAT, "-j", ids])
     found = parse_sacct(acct) if acct else {}
     for job_id, live in (parse_squeue(queue) if queue else {}).items():
@@ -159,23 +179,58 @@ def this_host() -> str:
 # ----------------------------------------------------------------------------- the exception
 
 def exception_line(log: str | Path | None) -> str:
-    """The last line of the last traceback in a job's stderr log (read as text, its tail only):
-    `ValueError: ...`; "" when there is none (or no log)."""
+    """The cause of a failed job: the exception line (`ValueError: ...`) of the first failing
+    rank, read from the tail of every rank's stderr log (`log` and, for submitit's per-task logs
+    `<job>_<task>_log.err`, its siblings), whatever prefix a launcher puts before each line
+    (`[rank1]: `, `[default0]:`). In one interleaved log the first rank to print a traceback
+    failed first; across per-task logs the lowest task with one is taken. "[rank N] " is put
+    before the line when the log says which rank it was; "" when there is none (or no log)."""
     if not log:
         return ""
     try:
-        with open(log, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - EXCEPTION_TAIL))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
+    for path in rank_logs(Path(log)):
+        found = _first_failure(_tail(path))
+        if found:
+            return found
+    return ""
+
+
+def rank_logs(log: Path) -> list[Path]:
+    """`log` and the other tasks' logs of the same job (submitit: `<job>_<task>_log.err`), by
+    task."""
+    match = re.fullmatch(r"(.+)_(\d+)_log\.err", log.name)
+    if match is None:
+        return [log]
+    siblings = {int(m.group(1)): path for path in log.parent.glob(f"{match.group(1)}_*_log.err")
+                if (m := re.fullmatch(rf"{re.escape(match.group(1))}_(\d+)_log\.err", path.name))}
+    return [siblings[task] for task in sorted(siblings)] or [log]
+
+
+def _tail(path: Path) -> str:
+    from empo.reader import ReadError, read_text
+
+        return read_text(path, limit=EXCEPTION_TAIL, tail=True)
+    except (OSError, ReadError):
         return ""
     lines = text.replace("\r", "\n").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call")]
+
+
+TRACEBACK = "Traceback (most recent call last):"
+
+
+def _first_failure(text: str) -> str:
+    """The exception line of the first prefix (rank) that printed a traceback: the last line
+    of that rank's last traceback that is neither indented nor blank once the prefix is off."""
+    starts = [(i, line[:line.index(TRACEBACK)]) for i, line in enumerate(lines) if TRACEBACK in line]
     if not starts:
         return ""
-    for line in lines[starts[-1] + 1:]:
-        if line and not line[0].isspace():
-            return line.strip()[:300]
+    prefix = starts[0][1]
+    last = max(i for i, p in starts if p == prefix)
+    for line in lines[last + 1:]:
+        if not line.startswith(prefix):
+            continue
+        body = line[len(prefix):]
+        if body.strip() and not body[0].isspace():
+            rank = re.search(r"\d+", prefix)
+            return ((f"[rank {rank.group()}] " if rank else "") + body.strip())[:300]
     return ""

@@ -41,6 +41,7 @@ def read_manifest(experiment_dir: Path) -> dict[str, Any]:
         raise LaunchError(f"{path}: 'history' must be a list of job entries")
     check_jobs({f"history[{i}]": entry for i, entry in enumerate(history)}, path)
     return data
+    check_intents(data.get("intents", []), path)
 
 
 JOB_ID = {"slurm": re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?"), "local": re.compile(r"[0-9]{1,9}"),
@@ -64,6 +65,23 @@ def check_jobs(jobs: Any, path: Path) -> None:
         for field in ("state", "stderr", "stdout", "folder"):
             if field in entry and entry[field] is not None and not isinstance(entry[field], str):
                 raise LaunchError(f"{path}: jobs.{key}.{field} must be a string")
+def check_intents(intents: Any, path: Path) -> None:
+    """`intents` are what `add_intent` writes: a token, the job's name and comment, its folder
+    and, per array index, stage key -> fingerprint."""
+    if not isinstance(intents, list):
+        raise LaunchError(f"{path}: 'intents' must be a list")
+    for i, intent in enumerate(intents):
+        fields = ("token", "name", "comment", "folder", "at")
+        if not isinstance(intent, dict) or not all(isinstance(intent.get(f), str) for f in fields):
+            raise LaunchError(f"{path}: intents[{i}] must be an object with string fields "
+                              f"{', '.join(fields)}")
+        units = intent.get("units")
+        if not isinstance(units, list) or not all(
+                isinstance(u, dict) and all(isinstance(v, str) for v in u.values()) for u in units):
+            raise LaunchError(f"{path}: intents[{i}].units must be a list of stage key -> "
+                              "fingerprint objects")
+
+
 
 
 def git_commit(root: Path) -> tuple[str | None, bool]:
@@ -86,9 +104,10 @@ def now() -> str:
 
 
 def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
-                jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                jobs: dict[str, dict[str, Any]], resolved: tuple[str, ...] = ()) -> dict[str, Any]:
     """Merge `jobs` (stage key -> entry) into the manifest; the first call for a job folder
-    appends a submission, later ones (a local run starting jobs one by one) extend it."""
+    appends a submission, later ones (a local run starting jobs one by one) extend it. The
+    intents of `resolved` tokens are dropped: their jobs are now recorded."""
     exp = cfg.experiment_dir
     commit, dirty = git_commit(cfg.root)
     from empo.launch.containers import image_path
@@ -108,10 +127,11 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
                                                                   cfg.data.revision):
             manifest["data"] = data_summary(cfg)  # once per data source, with the first jobs
         current = manifest.setdefault("jobs", {})
-        history = manifest.setdefault("history", [])  # every job ever started, for cancel
+        history = manifest.setdefault("history", [])  # every job ever queued: cancel, cost
         for key, new in jobs.items():
             old = current.get(key)
             if old is not None and old.get("job_id") != new.get("job_id"):
+        manifest["intents"] = [i for i in manifest.get("intents", []) if i["token"] not in resolved]
                 history.append({"stage": key, **old})
         current.update(jobs)
         ids = {entry["job_id"] for entry in jobs.values()}
@@ -124,6 +144,45 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
                                 "job_ids": sorted(ids)})
         atomic_write_json(exp / MANIFEST, manifest)
     return manifest
+def add_intent(experiment_dir: Path, intent: dict[str, Any]) -> None:
+    """Write-ahead: record a job about to be queued (`intents`) before its sbatch runs, so a
+    submission killed between sbatch and `record_jobs` leaves a trace that finds the job."""
+    with file_lock(experiment_dir / f".{MANIFEST}.lock"):
+        manifest = read_manifest(experiment_dir)
+        manifest.setdefault("intents", []).append(intent)
+        atomic_write_json(experiment_dir / MANIFEST, manifest)
+
+
+def settle_intents(experiment_dir: Path, tokens: set[str], history_entries: list[dict[str, Any]],
+                   adopted: dict[str, dict[str, Any]]) -> None:
+    """Drop the intents of `tokens` (their jobs were found and dealt with): `adopted` (stage key
+    -> entry) become their stages' jobs, `history_entries` (and any job they replace) go to
+    `history`."""
+    with file_lock(experiment_dir / f".{MANIFEST}.lock"):
+        manifest = read_manifest(experiment_dir)
+        manifest["intents"] = [i for i in manifest.get("intents", []) if i["token"] not in tokens]
+        history = manifest.setdefault("history", [])
+        current = manifest.setdefault("jobs", {})
+        history.extend({"stage": key, **current[key]} for key in adopted if key in current)
+        history.extend(history_entries)
+        current.update(adopted)
+        atomic_write_json(experiment_dir / MANIFEST, manifest)
+
+
+def restore_manifest(experiment_dir: Path, before: bytes | None,
+                     cancelled: list[dict[str, Any]]) -> None:
+    """Undo a refused submission: the manifest as it was before it (none, if there was none),
+    with the jobs it queued and cancelled appended to `history` (they may have run a moment)."""
+    path = experiment_dir / MANIFEST
+    with file_lock(experiment_dir / f".{MANIFEST}.lock"):
+        if before is None:
+            path.unlink(missing_ok=True)
+            return
+        manifest = json.loads(before)
+        manifest.setdefault("history", []).extend(cancelled)
+        atomic_write_json(path, manifest)
+
+
 
 
 def update_job(cfg: ExperimentConfig, stage_keys: list[str], **fields: Any) -> None:

@@ -1,11 +1,15 @@
 """Send an experiment's pending stages to SLURM: arrays across seeds, afterok/aftercorr deps.
 
 Jobs go in dependency order. If sbatch refuses one (a partition it rejects, a bad account),
-every job submitted before it is cancelled and the error shows sbatch's own message: a
-submission is all or nothing. The manifest is written only once everything is queued.
+every job submitted before it is cancelled, the manifest is put back as it was and the error
+shows sbatch's own message: a submission is all or nothing. Write-ahead: each job's intent
+(name, comment, stages and their fingerprints) is in manifest.json before its sbatch runs, its id
+right after; a submission killed in between leaves an intent, and the next one adopts or
+cancels what SLURM queued for it (`launch/orphans.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import subprocess
@@ -16,7 +20,8 @@ from typing import Any
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import clean_submission_env, job_resources, make_executor
-from empo.launch.manifest import now, record_jobs
+from empo.launch.manifest import MANIFEST, add_intent, now, record_jobs, restore_manifest
+from empo.launch.orphans import job_comment, settle_orphans
 from empo.launch.jobs import Unit, dependency, plan_arrays, plan_units
 from empo.pipeline import Graph, stage_call
 
@@ -45,7 +50,9 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
     """Queue every pending stage on SLURM; returns stage key -> manifest entry (also recorded).
 
     A stage whose earlier job is still pending or running is not queued again: what needs it
-    waits on that job (`afterok`). Arrays wait on the union of their tasks' live jobs."""
+    waits on that job (`afterok`). Arrays wait on the union of their tasks' live jobs. Jobs an
+    interrupted submission queued are adopted or cancelled first (`orphans.settle_orphans`)."""
+    settle_orphans(cfg.experiment_dir, graph)
     live, stale = live_jobs(graph)
     if stale:  # queued for an earlier config of their stage: replaced by this submission
         log.warning("cancelling jobs of an earlier config: %s", " ".join(_cancel(stale)))
@@ -60,19 +67,29 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
     array_ids: dict[str, str] = {}
     queued: list[str] = []
     entries: dict[str, dict[str, Any]] = {}
+    path = cfg.experiment_dir / MANIFEST
+    before = path.read_bytes() if path.exists() else None  # put back if sbatch refuses a job
     for plan in arrays:
         dep = dependency(plan, by_key, job_ids, array_ids)
         earlier = sorted({job for unit in plan.units for job in waits_on[unit.key]})
         if earlier:  # jobs of an earlier submission that are still queued or running
             dep = ",".join(filter(None, [dep, "afterok:" + ":".join(earlier)]))
         name = job_name(cfg, plan.kind, plan.variant)
-        executor = make_executor(cfg, "slurm", folder, job_resources(cfg, plan.kind, name),
-                                 dependency=dep)
+        token = uuid.uuid4().hex[:12]
+        units = [{s.key: s.fingerprint for s in unit.stages} for unit in plan.units]
+        comment = job_comment(cfg.experiment_dir, token, units)
+        resources = job_resources(cfg, plan.kind, name)
+        resources = dataclasses.replace(resources, extra={**resources.extra, "comment": comment})
+        executor = make_executor(cfg, "slurm", folder, resources, dependency=dep)
+        add_intent(cfg.experiment_dir, {"token": token, "name": name, "comment": comment,
+                                        "folder": str(folder), "at": now(), "units": units})
         try:  # jobs must not inherit this process's SLURM_*/RANK/MASTER_* (e.g. inside a job)
             with clean_submission_env():
                 jobs = executor.submit_array([stage_call(unit.stages) for unit in plan.units])
         except Exception as err:  # noqa: BLE001 - sbatch's refusal, whatever submitit wraps it in
             undone = _cancel(queued)
+            restore_manifest(cfg.experiment_dir, before, [
+                {"stage": key, **entry} for key, entry in entries.items()])
             message = str(err).strip() or type(err).__name__
             rolled = (f"; cancelled the {len(undone)} job(s) queued before it ({' '.join(undone)})"
                       if undone else "; nothing was submitted")
@@ -84,14 +101,16 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
             queued.append(array_id)
         else:
             queued.append(jobs[0].job_id)
+        queued_now: dict[str, dict[str, Any]] = {}
         for unit, job in zip(plan.units, jobs):
             job_ids[unit.key] = job.job_id
             for stage in unit.stages:
-                entries[stage.key] = {**entry(job, unit, "slurm", folder, array_id),
-                                      "fingerprint": stage.fingerprint}
+                queued_now[stage.key] = {**entry(job, unit, "slurm", folder, array_id),
+                                         "fingerprint": stage.fingerprint}
+        record_jobs(cfg, "slurm", folder, queued_now, resolved=(token,))
+        entries.update(queued_now)
         log.info("queued %s: %s%s", plan.key, array_id or jobs[0].job_id,
                  f" (after {dep})" if dep else "")
-    record_jobs(cfg, "slurm", folder, entries)
     return entries
 
 

@@ -5,26 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from empo.cli import main
+from slurmutil import queued, smoke_args
 
 pytestmark = [pytest.mark.slurm]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def smoke_args(results: Path, *more: str) -> list[str]:
-    return [str(ROOT / "configs/experiments/smoke.yaml"), f"results_dir={results}",
-            f"cluster.profile={ROOT / 'configs/cluster/local.yaml'}", "cluster.executor=slurm", *more]
-
-
-def queued(cluster, name: str) -> list[str]:
-    """Ids of this experiment's jobs in squeue (array tasks included)."""
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %j"], capture_output=True, text=True,
-                         env=cluster.env(), timeout=30, check=True).stdout
-    return sorted(line.split()[0] for line in out.splitlines() if f" {name}:" in line)
 
 
 def test_resubmitting_while_jobs_are_queued_duplicates_nothing(slurm_cluster, tmp_path, capsys,

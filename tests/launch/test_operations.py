@@ -98,19 +98,25 @@ def test_cost_splits_each_job_by_the_seconds_its_stages_recorded_and_totals_in_c
     details = {e["job_id"]: JobInfo(e["job_id"], "COMPLETED", 3600.0, "n1", cpus=4, gpus=2)
                for e in jobs.values()}
     statuses = stage_statuses(graph, jobs, {j: "COMPLETED" for j in details}, details)
-    add_costs(graph, statuses, details)
+    earlier = {"stage": "sft/sft/seed-1", "job_id": "7", "executor": "slurm"}  # failed, replaced
+    details["7"] = JobInfo("7", "FAILED", 1800.0, "n1", cpus=4, gpus=2)
+    rows = add_costs(graph, statuses, details, [earlier])
     by_key = {s.key: s for s in statuses}
     eval_job = [s for s in statuses if s.job_id == jobs["generate/sft/seed-1"]["job_id"]]
     assert {s.gpu_hours for s in eval_job} == {2 / 3, 2 / 3, 2 / 3}  # one without seconds: equal
-    assert by_key["sft/sft/seed-1"].gpu_hours == 2.0 and by_key["sft/sft/seed-1"].cpu_hours == 4.0
-    path = write_cost(graph.experiment_dir, statuses, details)
+    assert by_key["sft/sft/seed-1"].gpu_hours == 3.0 and by_key["sft/sft/seed-1"].cpu_hours == 6.0
+    path = write_cost(graph.experiment_dir, rows)
     rows = list(csv.DictReader(path.open()))
     assert rows[-1]["stage"] == "total"
-    assert abs(float(rows[-1]["gpu_hours"]) - 2.0 * len(details)) < 1e-5
-    assert abs(sum(float(r["cpu_hours"]) for r in rows[:-1]) - 4.0 * len(details)) < 1e-5
+    total = 2.0 * (len(details) - 1) + 1.0  # every job, the failed one's half hour included
+    assert abs(float(rows[-1]["gpu_hours"]) - total) < 1e-5
+    assert abs(sum(float(r["cpu_hours"]) for r in rows[:-1]) - 2 * total) < 1e-5
+    assert [(r["job_id"], r["state"], r["kept"]) for r in rows if r["stage"] == "sft/sft/seed-1"
+            ] == [(jobs["sft/sft/seed-1"]["job_id"], "COMPLETED", "yes"), ("7", "FAILED", "no")]
     table = (graph.experiment_dir / "table.md").read_text()
-    assert table.splitlines()[-1].startswith(f"_Compute: {2.0 * len(details):.2f} GPU-hours")
-    write_cost(graph.experiment_dir, statuses, details)  # again: one footer, not two
+    # not kept: the failed SFT's hour, and the aggregate's job, which ended without its table
+    assert table.splitlines()[-1].startswith(f"_Compute: {total:.2f} GPU-hours (3.00 not kept)")
+    write_cost(graph.experiment_dir, add_costs(graph, statuses, details, [earlier]))  # one footer
     assert (graph.experiment_dir / "table.md").read_text() == table
     from rich.console import Console
 
