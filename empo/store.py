@@ -59,9 +59,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: name the file
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
@@ -181,9 +183,9 @@ OWNER_MARKER = ".empo-owned"
 
 def check_output(path: Path, inputs: Iterable[Path | str | None] = (), what: str = "output"
                  ) -> Path:
-    """Refuse, before any work, an output that cannot be written or would destroy an input: one
-    that is an existing file inside (or equal to) an input file or directory, a directory, or in
-    a directory that is missing or not writable."""
+    """Refuse, before any work, an output that cannot be written or would touch an input: one
+    that is (or is a link to) an input file, lies inside an input directory, is a directory, or
+    is in a directory that is missing or not writable."""
     path = Path(path)
     if path.is_dir():
         raise EmpoError(f"{path}: {what} path is a directory")
@@ -192,16 +194,18 @@ def check_output(path: Path, inputs: Iterable[Path | str | None] = (), what: str
         raise EmpoError(f"{path}: {what} directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise EmpoError(f"{path}: {what} directory {parent} is not writable")
-    if path.exists():
-        target = path.resolve()
-        for item in inputs:
-            if item is None or not Path(item).exists():
-                continue
-            source = Path(item).resolve()
-            if target == source or (source.is_dir() and source in target.parents) \
-                    or os.path.samefile(path, item):
-                raise EmpoError(f"{path}: {what} would overwrite the input {item}; "
-                                "write it somewhere else")
+    target = path.resolve()
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        source = Path(item).resolve()
+        inside = source.is_dir() and source in target.parents
+        if target == source or (path.exists() and (inside or os.path.samefile(path, item))):
+            raise EmpoError(f"{path}: {what} would overwrite the input {item}; "
+                            "write it somewhere else")
+        if inside:
+            raise EmpoError(f"{path}: {what} is inside the input directory {item}; "
+                            "write it somewhere else")
     return path
 
 

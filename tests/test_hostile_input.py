@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import pickle
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -181,6 +183,8 @@ CASES = [
     Case("eval-epitome-over-input", ["eval", "epitome", "--input", "{ws}/preds.jsonl",
                                      "--checkpoints", "x", "--out", "{ws}/preds.jsonl"],
          "would overwrite the input"),
+    Case("data-sft-inside-input-dir", ["data", "sft", "--source", "{ws}/ed", "--out",
+                                       "{ws}/ed/new.jsonl"], "is inside the input directory"),
     Case("eval-out-is-a-directory", ["eval", "bertscore", "--input", "{ws}/preds.jsonl",
                                      "--model", "x", "--out", "{ws}/thesis"], "is a directory"),
     # 3. no control characters in config text (they would end an #SBATCH line)
@@ -411,3 +415,159 @@ def test_an_output_in_a_read_only_directory_fails_before_any_work(tmp_path, caps
         assert status == 2 and "is not writable" in err and "Traceback" not in err
     finally:
         subprocess.run(["umount", str(ro)], check=False)
+
+
+# ----------------------------------------------------------------------------- issue 22.2, 22.7
+# Processes the project did not start: a PID named by a manifest or a run lock is ours only when
+# host, boot, PID, start time and the experiment (its job folder) all match the live process.
+
+def _bystander(*words: str) -> subprocess.Popen:
+    """A process the project did not start; `words` end up in its command line."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *words])
+
+
+def _name_in_manifest(exp: Path, pid: int, folder: Path, process: dict | None) -> None:
+    entry = {"job_id": str(pid), "executor": "local", "folder": str(folder),
+             "stderr": str(folder / "x.err")}
+    if process is not None:
+        entry["process"] = process
+    (exp / "manifest.json").write_text(json.dumps({"jobs": {"sft/sft/seed-1": entry}}))
+
+
+def _gone(proc: subprocess.Popen, within_s: float = 20.0) -> bool:
+    try:
+        proc.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("forgery", ["another-host", "another-start-time", "no-record",
+                                     "another-experiment"])
+def test_status_and_cancel_never_take_a_process_they_did_not_start(ws, capsys, forgery):
+    """A live process whose command line even looks like the job's is reported as not running
+    and never signalled unless its recorded identity and job folder match."""
+    from empo.processes import ProcessId
+
+    exp = ws / "results" / "evil"
+    folder = ws / "elsewhere" if forgery == "another-experiment" else exp / "jobs"
+    folder.mkdir(exist_ok=True)
+    victim = _bystander("submitit", str(folder))
+    try:
+        me = ProcessId.of(victim.pid).record()
+        record = {"another-host": {**me, "host": "login-9"},
+                  "another-start-time": {**me, "start": me["start"] + 1},
+                  "no-record": None, "another-experiment": me}[forgery]
+        _name_in_manifest(exp, victim.pid, folder, record)
+        assert main(["status", str(exp), "--json"]) == 0
+        states = {s["key"]: s["state"] for s in json.loads(capsys.readouterr().out)}
+        assert states["sft/sft/seed-1"] == "failed"
+        assert main(["cancel", str(exp)]) == 0
+        assert not _gone(victim, within_s=1.0)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_cancel_stops_a_job_it_did_start(ws, capsys):
+    """The control: the same process, recorded as the job was started, is running and stopped."""
+    from empo.processes import ProcessId
+
+    exp = ws / "results" / "evil"
+    victim = _bystander("submitit", str(exp / "jobs"))
+    try:
+        _name_in_manifest(exp, victim.pid, exp / "jobs", ProcessId.of(victim.pid).record())
+        assert main(["status", str(exp), "--json"]) == 0
+        states = {s["key"]: s["state"] for s in json.loads(capsys.readouterr().out)}
+        assert states["sft/sft/seed-1"] == "running"
+        assert main(["cancel", str(exp)]) == 0
+        assert _gone(victim)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def _write_lock(lock: Path, pid: int) -> None:
+    from empo.processes import ProcessId
+
+    me = ProcessId.of(pid)
+    lock.write_text(f"host {me.host} pid {me.pid} start {me.start} boot {me.boot}\n")
+
+
+def test_cancel_never_signals_the_pid_of_a_stale_run_lock(ws):
+    """A stale run lock (its driver was killed) whose PID now names another empo process: the
+    identity matches nothing that holds the lock, so nothing is signalled."""
+    exp = ws / "results" / "evil"
+    victim = _bystander("empo", "run", "other.yaml")
+    try:
+        _write_lock(exp.with_name(".evil.run.lock"), victim.pid)
+        assert main(["cancel", str(exp)]) == 0
+        (exp.with_name(".evil.run.lock")).write_text(f"host {socket.gethostname()} pid "
+                                                     f"{victim.pid}\n")  # an older lock format
+        assert main(["cancel", str(exp)]) == 0
+        assert not _gone(victim, within_s=1.0)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_cancel_stops_the_driver_that_holds_the_run_lock(ws):
+    """The control: the process that holds the lock and matches its record gets SIGTERM."""
+    lock = ws / "results" / ".evil.run.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+         str(lock), "empo"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _write_lock(lock, holder.pid)
+        assert main(["cancel", str(ws / "results" / "evil")]) == 0
+        assert _gone(holder)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_run_waits_only_for_its_own_jobs_and_counts_them_against_parallel(ws):
+    """`empo run` after a SIGKILL adopts the earlier driver's live job only when it is ours, and
+    that job counts against --parallel (issue 22.7): with --parallel 1 nothing else starts."""
+    from empo.commands.launch import _experiment
+    from empo.launch.jobs import plan_units
+    from empo.launch.run import _adopt_live_jobs, _Job, _start_ready
+    from empo.processes import ProcessId
+
+    exp = ws / "results" / "evil"
+    cfg, graph = _experiment(exp)
+    victim = _bystander("submitit", str(exp / "jobs"))
+    try:
+        for record, adopted in ((None, False), (ProcessId.of(victim.pid).record(), True)):
+            _name_in_manifest(exp, victim.pid, exp / "jobs", record)
+            jobs = {unit.key: _Job(unit) for unit in plan_units(graph)}
+            _adopt_live_jobs(cfg, jobs, [])
+            states = [j.state for j in jobs.values()]
+            assert ("elsewhere" in states) == adopted
+        started: list[str] = []
+        _start_ready(cfg, "local", exp / "jobs" / "new", jobs, 1, [], started.append)
+        assert started == [] and not any(j.state == "running" for j in jobs.values())
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or subprocess.run(["which", "mount"],
+                    capture_output=True).returncode != 0, reason="needs root to mount a tmpfs")
+def test_a_full_disk_names_the_file(ws, capsys):
+    """ENOSPC while writing an output: one line naming the file, not a bare `[Errno 28]`, and no
+    partial file left (issue 22.9)."""
+    full = ws.parent / f"{ws.name}-full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(full)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        status = main(["data", "sft", "--source", str(ws / "ed"), "--out", str(full / "s.jsonl")])
+        err = capsys.readouterr().err
+        assert status == 2 and f"{full / 's.jsonl'}: No space left on device" in err, err
+        assert "Traceback" not in err and list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=False)

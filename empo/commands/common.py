@@ -13,7 +13,7 @@ from empo.config import ExperimentConfig, build_section, load_config
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """CONFIG [OVERRIDES...] positional arguments."""
     parser.add_argument("config", help="experiment YAML (configs/experiments/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[],
                         help="dotted overrides, e.g. lora.r=512 seeds=[1,2]")
 
 

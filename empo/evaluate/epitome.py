@@ -9,6 +9,7 @@ yardstick of the tests and the benchmark.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -156,12 +157,22 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load(weights_only=True), memory-mapped when the file format allows it."""
+    """torch.load(weights_only=True), memory-mapped when the file format allows it; a file that
+    is not a regular one (FIFO, device) is refused before torch opens it."""
+    from empo.reader import ReadError, open_regular
+
+    try:
+        os.close(open_regular(Path(path)))
+    except ReadError as err:
+        raise EvalError(str(err)) from None
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (pre-zip) format cannot be memory-mapped
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:  # torch's answer to an empty or cut-off legacy file: "Ran out of input"
+        raise EvalError(f"{path}: not a torch checkpoint (empty or truncated; expected a "
+                        "state dict saved with torch.save)") from None
     except Exception as err:  # unpickling errors come in many types
         raise EvalError(f"{path}: cannot load as a state dict "
                         f"({type(err).__name__}: {err})") from None
