@@ -197,3 +197,24 @@ def length_cutoff(chosen_lengths: Sequence[int], rejected_lengths: Sequence[int]
         raise DataError("no preference pairs to measure")
     return max(int(np.percentile(chosen_lengths, percentile)),
                int(np.percentile(rejected_lengths, percentile)))
+
+
+def even(length: int) -> int:
+    """`length` rounded up to an even number, as the authors' dpo_ps.py:66-67 does."""
+    return (int(length) + 1) // 2 * 2
+
+
+def cap_prompt(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int],
+               max_length: int, max_prompt_length: int
+               ) -> tuple[list[int], list[int], list[int]]:
+    """trl 0.8's truncation of one tokenized pair (the authors' trl, `max_prompt_length` with the
+    default `keep_end`): where prompt + the longer answer exceeds `max_length`, keep the prompt's
+    last `max_prompt_length` tokens; if that is still too long, cut both answers to
+    `max_length - max_prompt_length` tokens. Shorter pairs are returned unchanged."""
+    longer = max(len(chosen_ids), len(rejected_ids))
+    if len(prompt_ids) + longer > max_length:
+        prompt_ids = prompt_ids[-max_prompt_length:] if max_prompt_length > 0 else []
+    if len(prompt_ids) + longer > max_length:
+        keep = max(max_length - max_prompt_length, 0)
+        chosen_ids, rejected_ids = chosen_ids[:keep], rejected_ids[:keep]
+    return prompt_ids, chosen_ids, rejected_ids

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from empo import models, options
+from empo.data.preference import cap_prompt, even
 from empo.errors import TrainError
 from empo.train import common
 
@@ -76,10 +77,17 @@ def draw_selector(draws: EpochDraws) -> Any:
     return SelectDraw()
 
 
+class LengthCaps(NamedTuple):
+    """`dpo.length_percentile`'s caps (the authors' dpo_ps.py:48-53), in tokens, before rounding."""
+
+    max_length: int          # the larger percentile of prompt + chosen and prompt + rejected
+    max_prompt_length: int   # the percentile of the prompt lengths
+
+
 def preference_dataset(cfg: "ExperimentConfig", seed: int,
-                       tokenizer: Any = None) -> tuple["Dataset", int | None]:
+                       tokenizer: Any = None) -> tuple["Dataset", LengthCaps | None]:
     """All draws of preference pairs for `seed` (rows of draw k have epoch == k), and the length
-    cap of `dpo.length_percentile` (None when unset; then `tokenizer` is not needed)."""
+    caps of `dpo.length_percentile` (None when unset; then `tokenizer` is not needed)."""
     from datasets import Dataset
 
     from empo.data.ed import load_dialogues
@@ -104,25 +112,50 @@ def preference_dataset(cfg: "ExperimentConfig", seed: int,
 
 
 def drop_long_pairs(rows: list[dict[str, Any]], tokenizer: Any,
-                    percentile: float) -> tuple[list[dict[str, Any]], int]:
-    """Rows of the dialogues whose prompt + chosen fits `length_cutoff`, and that cutoff; token
-    counts are the chat template's rendering tokenized as trl does (no added special tokens)."""
+                    percentile: float) -> tuple[list[dict[str, Any]], LengthCaps]:
+    """Rows of the dialogues whose prompt + chosen fits `length_cutoff`, and the caps (that
+    cutoff; the percentile of the prompt lengths over all rows, as dpo_ps.py:49-50 before its
+    filter); token counts are the chat template's rendering tokenized as trl does (no added
+    special tokens)."""
+    import numpy as np
+
     from empo.data.preference import length_cutoff
 
     def count(messages: list[dict[str, str]]) -> int:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    chosen = {}
+    chosen, prompt = {}, {}
     for row in rows:
         if row["conv_id"] not in chosen:
             chosen[row["conv_id"]] = count(row["prompt"] + row["chosen"])
+            prompt[row["conv_id"]] = count(row["prompt"])
     rejected = [count(row["prompt"] + row["rejected"]) for row in rows]
     cutoff = length_cutoff([chosen[row["conv_id"]] for row in rows], rejected, percentile)
+    prompt_cap = int(np.percentile([prompt[row["conv_id"]] for row in rows], percentile))
     kept = [row for row in rows if chosen[row["conv_id"]] <= cutoff]
-    log.info("dpo.length_percentile %s: cap %d tokens, %d of %d pairs kept", percentile, cutoff,
-             len(kept), len(rows))
-    return kept, cutoff
+    log.info("dpo.length_percentile %s: cap %d tokens (prompts %d), %d of %d pairs kept",
+             percentile, cutoff, prompt_cap, len(kept), len(rows))
+    return kept, LengthCaps(cutoff, prompt_cap)
+
+
+class PromptCap:
+    """A collator that truncates each tokenized pair as trl 0.8 did (`preference.cap_prompt`)
+    before trl's own collator pads it; used for training and for precomputed reference
+    log-probabilities alike, since trl builds both batches with the trainer's collator."""
+
+    def __init__(self, collator: Any, max_length: int, max_prompt_length: int):
+        self.collator, self.max_length, self.max_prompt_length = (collator, max_length,
+                                                                  max_prompt_length)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Any:
+        capped = []
+        for example in examples:
+            ids = cap_prompt(example["prompt_ids"], example["chosen_ids"], example["rejected_ids"],
+                             self.max_length, self.max_prompt_length)
+            capped.append({**example, **dict(zip(("prompt_ids", "chosen_ids", "rejected_ids"),
+                                                 ids))})
+        return self.collator(capped)
 
 
 def build_dpo_trainer(
@@ -132,6 +165,7 @@ def build_dpo_trainer(
     """Check every input, then build the trl DPOTrainer over per-epoch draws."""
     import trl
     from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     if cfg.dpo.num_train_epochs < 1 or int(cfg.dpo.num_train_epochs) != cfg.dpo.num_train_epochs:
         raise TrainError(f"dpo.num_train_epochs: {cfg.dpo.num_train_epochs} must be a whole number >= 1 "
@@ -154,9 +188,15 @@ def build_dpo_trainer(
     if cfg.dpo.reference == "merged":
         peft_config = models.lora_config(cfg, models.model_module_names(cfg))
     tokenizer = models.load_tokenizer(cfg, padding_side="left")
-    dataset, cutoff = preference_dataset(cfg, seed, tokenizer)
-    if cutoff is not None:  # the authors' cap, rounded up to even as in their dpo_ps.py
-        kwargs["max_length"] = min(kwargs["max_length"], (cutoff + 1) // 2 * 2)
+    dataset, caps = preference_dataset(cfg, seed, tokenizer)
+    collator = None
+    if caps is not None:  # the authors' caps, rounded up to even as in their dpo_ps.py:66-67
+        kwargs["max_length"] = min(kwargs["max_length"], even(caps.max_length))
+        collator = PromptCap(DataCollatorForPreference(
+            pad_token_id=tokenizer.pad_token_id, max_length=kwargs["max_length"],
+            truncation_mode=kwargs.get("truncation_mode", "keep_start"),
+            pad_to_multiple_of=kwargs.get("pad_to_multiple_of")),
+            kwargs["max_length"], even(caps.max_prompt_length))
     args = common.make_trainer_config(DPOConfig, kwargs, "dpo")
 
     base = models.load_base_model(cfg)
@@ -176,6 +216,7 @@ def build_dpo_trainer(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
+        data_collator=collator,
         peft_config=peft_config,
         callbacks=[common.train_log_callback(out_dir), *(callbacks or [])],
     )

@@ -108,3 +108,26 @@ def test_other_trl_loss_types_are_a_config_switch(make_cfg, sft_run, tmp_path):
         trainer = build_dpo_trainer(make_cfg("dpo.loss_type=ipo", "dpo.beta=0.1"), 1, tmp_path,
                                     sft_run / "adapter")
     assert trainer.loss_types == ["ipo"] and trainer.beta == 0.1
+
+
+def test_length_percentile_caps_max_length_and_prompts_through_the_collator(make_cfg, sft_run,
+                                                                            tmp_path):
+    """dpo.length_percentile: max_length = the even p-th percentile cap; each pair reaches trl's
+    collator with its prompt cut to the even prompt-length percentile where it is too long."""
+    from empo.train import common
+    from empo.train.dpo import PromptCap, build_dpo_trainer
+
+    with common.training_env():
+        trainer = build_dpo_trainer(make_cfg("dpo.length_percentile=50"), 1, tmp_path,
+                                    sft_run / "adapter")
+    collate = trainer.data_collator
+    assert isinstance(collate, PromptCap) and collate.max_length == trainer.args.max_length
+    assert collate.max_length % 2 == 0 and collate.max_prompt_length % 2 == 0
+    rows = [trainer.train_dataset.rows[i] for i in range(len(trainer.train_dataset.rows))]
+    long = [r for r in rows if len(r["prompt_ids"]) + max(len(r["chosen_ids"]),
+                                                          len(r["rejected_ids"])) > collate.max_length]
+    assert long, "the tiny data should hold pairs over the median length"
+    batch = collate(long[:2])
+    prompt_tokens = (batch["completion_mask"] == 0) & (batch["attention_mask"] == 1)
+    assert int(prompt_tokens.sum(dim=1).max()) <= collate.max_prompt_length
+    assert batch["input_ids"].shape[1] <= collate.max_length

@@ -93,11 +93,35 @@ def test_dpo_length_percentile_drops_long_pairs_from_every_draw(make_cfg):
 
     cfg = make_cfg("dpo.length_percentile=50")
     tokenizer = models.load_tokenizer(cfg, padding_side="left")
-    rows, cutoff = preference_dataset(cfg, seed=1, tokenizer=tokenizer)
+    rows, caps = preference_dataset(cfg, seed=1, tokenizer=tokenizer)
     everything, _ = preference_dataset(make_cfg(), seed=1)
     per_epoch = [sum(1 for r in rows if r["epoch"] == k) for k in range(cfg.dpo.num_train_epochs)]
     assert len(set(per_epoch)) == 1 and 0 < per_epoch[0] < len(everything) // 3
-    assert cutoff > 0
+    assert 0 < caps.max_prompt_length < caps.max_length
+
+
+def test_cap_prompt_truncates_as_trl_0_8_did():
+    """Prompt cut to its last max_prompt_length tokens only where prompt + the longer answer is
+    over max_length; the answers cut to max_length - max_prompt_length only if still over."""
+    from empo.data.preference import cap_prompt
+
+    prompt = list(range(10))
+    assert cap_prompt(prompt, [1, 2], [3], 12, 4) == (prompt, [1, 2], [3])        # fits: as is
+    assert cap_prompt(prompt, [1, 2, 3], [4], 12, 4) == ([6, 7, 8, 9], [1, 2, 3], [4])
+    assert cap_prompt(prompt, list(range(20)), [4], 12, 4) == (
+        [6, 7, 8, 9], list(range(8)), [4])                                         # answers cut too
+
+
+def test_prompt_cap_collator_feeds_trl_the_truncated_pairs():
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from empo.train.dpo import PromptCap
+
+    collate = PromptCap(DataCollatorForPreference(pad_token_id=0, max_length=8), 8, 4)
+    batch = collate([{"prompt_ids": list(range(1, 11)), "chosen_ids": [21, 22, 23],
+                      "rejected_ids": [31, 32]}])
+    assert batch["input_ids"].tolist() == [[7, 8, 9, 10, 21, 22, 23], [7, 8, 9, 10, 31, 32, 0]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1, 0]]
 
 
 def test_length_cutoff_is_the_larger_truncated_percentile():
