@@ -48,11 +48,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _submit_all(args: argparse.Namespace) -> int:
     from empo.launch import check_launch
+    from empo.launch.backends import batch_backend
     from empo.launch.wrapper import submit_all
 
     cfg = load_experiment(args, ensure_assets=False)
     if not args.dry_run:
-        check_launch(cfg, "slurm")
+        check_launch(cfg, batch_backend(cfg.cluster.executor).name)
     jobs_dir = (args.jobs_dir or cfg.root / JOBS_DIR).resolve()
     ids = submit_all(cfg, str(args.config), list(args.overrides), jobs_dir, dry_run=args.dry_run)
     if not args.dry_run:

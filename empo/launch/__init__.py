@@ -1,7 +1,5 @@
-"""Where stages run: one thin facade over submitit's executors and the container runtimes.
-
-`local` (submitit's LocalExecutor: a process per job on this machine), `debug` (in this process,
-for pdb) and `slurm` (sbatch; afterok/aftercorr dependencies, job arrays, requeue on preemption).
+"""Where stages run: one thin facade over the backends (`launch/backends/`: slurm, local, debug,
+each a module behind one interface) and the container runtimes.
 Everything is validated before the first job starts: an unknown executor or runtime, a missing
 image, no `sbatch` on PATH are LaunchErrors naming what is allowed. No torch is imported here.
 """
@@ -9,15 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from empo.config import RUNTIMES, ExperimentConfig
-from empo.errors import LaunchError
 from empo.executors import EXECUTORS
-from empo.launch.containers import check_container, container_command
+from empo.launch.backends import backend
+from empo.launch.containers import ContainerCommand, check_container, container_command
 from empo.launch.resources import Resources, job_resources
 
 __all__ = ["EXECUTORS", "RUNTIMES", "Resources", "check_executor", "check_launch",
@@ -26,19 +23,14 @@ __all__ = ["EXECUTORS", "RUNTIMES", "Resources", "check_executor", "check_launch
 
 def check_executor(name: str) -> str:
     """The executor name, or LaunchError listing the allowed ones."""
-    if name not in EXECUTORS:
-        raise LaunchError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")
-    return name
+    return backend(name).name
 
 
 def check_launch(cfg: ExperimentConfig, executor: str) -> None:
     """Everything that can be checked before submitting anything."""
-    check_executor(executor)
+    chosen = backend(executor)
     check_container(cfg, executor)
-    if executor == "slurm" and shutil.which("sbatch") is None:
-        raise LaunchError("sbatch not found on PATH: the slurm executor (empo submit, "
-                          "--executor slurm) runs on a SLURM login node; to run on this machine "
-                          "use `empo run CONFIG --executor local`")
+    chosen.check(cfg)
 
 
 def job_environment(resources: Resources) -> dict[str, str]:
@@ -75,49 +67,13 @@ def make_executor(cfg: ExperimentConfig, executor: str, folder: Path, resources:
     """A submitit executor for one job (or array) with `resources`, its container and deps.
     `visible_gpus`: the GPUs a local job gets (CUDA_VISIBLE_DEVICES), from run_local's pool.
     `script_only`: a slurm executor used only to write job scripts (dry run; no sbatch needed)."""
-    import submitit
-
-    check_executor(executor)
+    chosen = backend(executor)
     folder = Path(folder)
-    if executor == "debug":
-        ex = submitit.AutoExecutor(folder, cluster="debug")
-        ex.update_parameters(name=resources.name, timeout_min=resources.timeout_min)
-        return ex
-    binds = [folder, cfg.experiment_dir, cfg.root, *always_bind]
-    for path in (folder, cfg.experiment_dir):  # bind sources must exist
-        path.mkdir(parents=True, exist_ok=True)
-    container = container_command(cfg, binds, gpus=resources.gpus_per_node > 0)
-    if executor == "local":  # (thread counts: see job_environment, set at submission)
-        ex = submitit.LocalExecutor(folder, python=container.python,
-                                    max_num_timeout=resources.max_requeues)
-        ex.update_parameters(timeout_min=resources.timeout_min,
-                             tasks_per_node=resources.tasks_per_node,
-                             gpus_per_node=resources.gpus_per_node, visible_gpus=visible_gpus)
-        return ex
-    if shutil.which("sbatch") is None and not script_only:
-        raise LaunchError("sbatch not found on PATH: the slurm executor needs a SLURM login node")
-    ex = submitit.AutoExecutor(folder, cluster="slurm", slurm_python=container.python,
-                               slurm_max_num_timeout=resources.max_requeues)
-    extra: dict[str, Any] = {"requeue": True, **resources.extra}  # preempted jobs come back
-    if dependency:
-        extra["dependency"] = dependency
-        extra.setdefault("kill-on-invalid-dep", "yes")  # a failed dependency cancels its users
-    params: dict[str, Any] = dict(
-        name=resources.name, timeout_min=resources.timeout_min, nodes=resources.nodes,
-        tasks_per_node=resources.tasks_per_node, cpus_per_task=resources.cpus_per_task,
-        mem_gb=resources.mem_gb, slurm_additional_parameters=extra,
-    )
-    if resources.gpus_per_node:
-        params["gpus_per_node"] = resources.gpus_per_node
-    for key in ("partition", "account", "qos"):
-        if getattr(resources, key):
-            params[f"slurm_{key}"] = getattr(resources, key)
-    env = job_environment(resources)
-    if env:
-        params["slurm_setup"] = ["export " + " ".join(f"{k}={v}" for k, v in env.items())]
-    if container.srun_args:
-        params["slurm_srun_args"] = list(container.srun_args)
-    ex.update_parameters(**params)
-    # submitit writes --wckey=submitit unless told None, which AutoExecutor reads as "not set"
-    ex._executor.update_parameters(wckey=resources.wckey)
-    return ex
+    container = ContainerCommand()
+    if not chosen.in_process:
+        binds = [folder, cfg.experiment_dir, cfg.root, *always_bind]
+        for path in (folder, cfg.experiment_dir):  # bind sources must exist
+            path.mkdir(parents=True, exist_ok=True)
+        container = container_command(cfg, binds, gpus=resources.gpus_per_node > 0)
+    return chosen.executor(cfg, folder, resources, container, dependency=dependency,
+                           visible_gpus=visible_gpus, script_only=script_only)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from empo.launch.backends import by_backend
+
 SACCT_FIELDS = "JobID,State,ElapsedRaw,NodeList,ExitCode,Reason,AllocTRES,AllocCPUS"
 SQUEUE_FORMAT = "%i|%T|%r|%M|%N|%C|%b"
 EXCEPTION_TAIL = 256 * 1024  # bytes of a job's stderr read for its exception
@@ -41,8 +43,6 @@ def _tres(text: str, name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def parse_sacct(text: str) -> dict[str, JobInfo]:
-    """`sacct -n -P -X -D -o SACCT_FIELDS` rows -> one JobInfo per job id: one row per attempt
 ARRAY_RANGE = re.compile(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]")
 
 
@@ -60,6 +60,8 @@ def array_task_ids(job_id: str) -> list[str]:
     return tasks
 
 
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """`sacct -n -P -X -D -o SACCT_FIELDS` rows -> one JobInfo per job id: one row per attempt
     (-D), so a requeued job has several; elapsed is summed, the last row gives the state. A
     range record of array tasks that never started (`41_[0-1%2]`) stands for each of them."""
     out: dict[str, JobInfo] = {}
@@ -163,12 +165,11 @@ def _int(value: Any) -> int:
 
 
 def job_info(jobs: dict[str, dict[str, Any]], states: dict[str, str]) -> dict[str, JobInfo]:
-    """JobInfo of every job of a manifest's `jobs` (stage key -> entry), by job id."""
-    slurm = sorted({e["job_id"] for e in jobs.values() if e.get("executor") == "slurm"})
-    out = slurm_job_info(slurm) if slurm else {}
-    for entry in jobs.values():
-        if entry.get("executor") == "local":
-            out[entry["job_id"]] = local_job_info(entry, states.get(entry["job_id"], ""))
+    """JobInfo of every job of a manifest's `jobs` (stage key -> entry), by job id, from the
+    backend that ran each (sacct/squeue; the local driver's timings)."""
+    out: dict[str, JobInfo] = {}
+    for chosen, entries in by_backend(jobs.values()).values():
+        out.update(chosen.job_info(entries, states))
     return out
 
 
@@ -187,7 +188,6 @@ def exception_line(log: str | Path | None) -> str:
     before the line when the log says which rank it was; "" when there is none (or no log)."""
     if not log:
         return ""
-    try:
     for path in rank_logs(Path(log)):
         found = _first_failure(_tail(path))
         if found:
@@ -209,10 +209,10 @@ def rank_logs(log: Path) -> list[Path]:
 def _tail(path: Path) -> str:
     from empo.reader import ReadError, read_text
 
+    try:
         return read_text(path, limit=EXCEPTION_TAIL, tail=True)
     except (OSError, ReadError):
         return ""
-    lines = text.replace("\r", "\n").splitlines()
 
 
 TRACEBACK = "Traceback (most recent call last):"
@@ -221,6 +221,7 @@ TRACEBACK = "Traceback (most recent call last):"
 def _first_failure(text: str) -> str:
     """The exception line of the first prefix (rank) that printed a traceback: the last line
     of that rank's last traceback that is neither indented nor blank once the prefix is off."""
+    lines = text.replace("\r", "\n").splitlines()
     starts = [(i, line[:line.index(TRACEBACK)]) for i, line in enumerate(lines) if TRACEBACK in line]
     if not starts:
         return ""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
+from empo.executors import EXECUTORS
+from empo.launch.backends import backend
 from empo.quoting import shell_word
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,20 @@ def check_container(cfg: ExperimentConfig, executor: str) -> None:
                           f"allowed: {', '.join(RUNTIMES)}")
     if runtime == "none":
         return
-    if executor == "debug":
-        log.warning("the debug executor runs stages in this process: cluster.container "
-                    "(runtime %s) is ignored", runtime)
+    chosen = backend(executor)
+    if chosen.in_process:
+        log.warning("the %s executor runs stages in this process: cluster.container "
+                    "(runtime %s) is ignored", executor, runtime)
         return
     if not container.image:
         raise LaunchError(f"cluster.container.image is required with runtime {runtime!r} "
                           "(a .sif file, an image directory or an image name)")
-    if runtime == "pyxis" and executor != "slurm":
-        raise LaunchError("cluster.container.runtime pyxis runs containers through SLURM's srun; "
-                          "use --executor slurm (or apptainer/podman/charliecloud locally)")
+    if runtime not in chosen.runtimes:
+        able = [name for name in EXECUTORS if runtime in backend(name).runtimes]
+        raise LaunchError(f"cluster.container.runtime {runtime}: the {executor} executor cannot "
+                          f"start it; use --executor "
+                          f"{' or '.join(able)}, or runtime "
+                          f"{'/'.join(r for r in chosen.runtimes if r != 'none')} with {executor}")
     image = image_path(cfg)
     if not _is_reference(runtime, container.image) and not Path(image).exists():
         raise LaunchError(f"cluster.container.image: {image} does not exist "
@@ -95,7 +101,7 @@ def check_container(cfg: ExperimentConfig, executor: str) -> None:
     binary = _binary(runtime)
     if binary is None:
         names = " or ".join(BINARIES[runtime])
-        if executor == "slurm":  # a login node may lack the runtime its compute nodes have
+        if chosen.remote:  # a login node may lack the runtime its compute nodes have
             log.warning("%s not found on this machine; the compute nodes must have it", names)
             return
         raise LaunchError(f"cluster.container.runtime {runtime}: {names} not found on PATH")

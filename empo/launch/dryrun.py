@@ -5,24 +5,32 @@ The scripts are the ones `empo submit` would hand to sbatch (submitit writes the
 executor parameters), one per job or job array, in results/<name>/dry-run/<NN>-<job>.sbatch.
 Job ids do not exist yet, so a dependency names the jobs it waits for as `<array key>` (an
 array) or `<array key>_<task>`; `sbatch --test-only` gets each script without its dependency
-and reports when and where the job would start. The manifest and experiment.yaml are untouched.
+and reports when and where the job would start (skipped, and said so, where there is no SLURM).
+The manifest and experiment.yaml are untouched; the only files ever deleted are the scripts an
+earlier dry run listed in dry-run/.written.
 """
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
-from empo.launch import check_container, check_executor, job_resources, make_executor
+from empo.launch import check_container, job_resources, make_executor
+from empo.launch.backends import batch_backend
 from empo.launch.jobs import ArrayPlan, dependency, plan_arrays, plan_units
 from empo.launch.preflight import PreflightError, Problem, preflight
 from empo.launch.resources import Resources
 from empo.launch.submit import job_name
+from empo.reader import ReadError, read_text
+from empo.store import atomic_write_text, claim_experiment_dir
 
 DRY_RUN_DIR = "dry-run"
+WRITTEN = ".written"             # the scripts this dry run wrote: the only ones it ever deletes
+SCRIPT_NAME = re.compile(r"[0-9]{2,}-[A-Za-z0-9_.+-]+\.sbatch")
 DEPENDENCY_LINES = re.compile(r"^#SBATCH --(dependency|kill-on-invalid-dep)=.*\n", re.M)
 
 
@@ -52,23 +60,12 @@ class DryJob:
                 f"{r.mem_gb} GB, {r.timeout_min} min, {r.partition or '(default)'}")
 
 
-def script_text(executor, count: int) -> str:
-    """The sbatch script submitit writes for this executor: one job, or an array of `count`."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    inner = executor._executor
-    params = dict(inner.parameters)
-    if count > 1:
-        params["map_count"] = count
-    return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **params)
-
-
 def slurm_answers() -> bool:
     """sbatch is here and the controller answers (sinfo; not tried when SLURM_CONF names no
     file: the clients would then spend half a minute on DNS lookups)."""
     import os
 
-    from empo.launch.preflight import _run
+    from empo.launch.backends.slurm import _run
 
     conf = os.environ.get("SLURM_CONF")
     if shutil.which("sbatch") is None or (conf and not os.path.exists(conf)):
@@ -76,10 +73,13 @@ def slurm_answers() -> bool:
     return _run(["sinfo", "-h", "-o", "%P"]) is not None
 
 
+SKIPPED = "not checked: sbatch --test-only skipped (no SLURM controller answers here)"
+
+
 def test_only(text: str, answering: bool = True) -> tuple[bool, str]:
     """`sbatch --test-only` on the script without its dependency: (accepted, what it said)."""
     if not answering:
-        return True, "not checked (no SLURM controller answers here)"
+        return True, SKIPPED
     done = subprocess.run(["sbatch", "--test-only"], input=DEPENDENCY_LINES.sub("", text),
                           capture_output=True, text=True, timeout=60)
     said = " ".join((done.stderr + done.stdout).split()).removeprefix("sbatch: ")
@@ -89,25 +89,49 @@ def test_only(text: str, answering: bool = True) -> tuple[bool, str]:
     return done.returncode == 0, said or f"sbatch --test-only exited {done.returncode}"
 
 
+def note_written(out: Path, script: Path) -> None:
+    """Add `script` to the dry-run directory's list of scripts it wrote (WRITTEN)."""
+    listed = _written(out)
+    atomic_write_text(out / WRITTEN, "".join(f"{name}\n" for name in [*listed, script.name]))
+
+
+def _written(out: Path) -> list[str]:
+    try:
+        text = read_text(out / WRITTEN, limit=1 << 20, follow=False, strict=True)
+    except ReadError:
+        return []
+    return [name for name in text.splitlines() if SCRIPT_NAME.fullmatch(name)]
+
+
+def remove_written(out: Path) -> None:
+    """Delete the scripts an earlier dry run wrote (those WRITTEN lists, regular files only);
+    any other file in the directory is left as it is."""
+    for name in _written(out):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    atomic_write_text(out / WRITTEN, "")
+
+
 def dry_run(cfg: ExperimentConfig, check: bool = True) -> tuple[list[DryJob], list[Problem]]:
     """Write every pending job's script under results/<name>/dry-run/ and test each with
     sbatch; returns the jobs and the problems (preflight's, unless not `check`, and scripts
     sbatch refused)."""
     from empo.pipeline import build_graph
 
-    check_executor("slurm")
+    chosen = batch_backend(cfg.cluster.executor)  # the scripts of the batch system submit uses
+    claim_experiment_dir(cfg.experiment_dir, create=False)  # a foreign directory: refused first
     if cfg.assets:
         from empo.assets import ensure_tiny_assets
 
         ensure_tiny_assets(cfg.resolve(cfg.assets))
     graph = build_graph(cfg)
-    problems: list[Problem] = preflight(cfg, "slurm", graph) if check else []
+    problems: list[Problem] = preflight(cfg, chosen.name, graph) if check else []
     if not check:
-        check_container(cfg, "slurm")
-    out = cfg.experiment_dir / DRY_RUN_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.sbatch"):  # the scripts of an earlier dry run (ours only)
-        old.unlink()
+        check_container(cfg, chosen.name)
+    out = claim_experiment_dir(cfg.experiment_dir) / DRY_RUN_DIR  # EmPO's, or refused
+    out.mkdir(exist_ok=True)
+    remove_written(out)
     arrays = plan_arrays(plan_units(graph))
     by_key = {plan.key: plan for plan in arrays}
     job_ids: dict[str, str] = {}
@@ -117,11 +141,12 @@ def dry_run(cfg: ExperimentConfig, check: bool = True) -> tuple[list[DryJob], li
     for index, plan in enumerate(arrays):
         dep = dependency(plan, by_key, job_ids, array_ids)
         resources = job_resources(cfg, plan.kind, job_name(cfg, plan.kind, plan.variant))
-        executor = make_executor(cfg, "slurm", out / "jobs", resources, dependency=dep,
+        executor = make_executor(cfg, chosen.name, out / "jobs", resources, dependency=dep,
                                  script_only=True)
-        text = script_text(executor, len(plan.units))
+        text = chosen.script(executor, len(plan.units))
         script = out / f"{index:02d}-{plan.key.replace('/', '-')}.sbatch"
-        script.write_text(text)
+        note_written(out, script)  # before it exists: a crash never leaves an unlisted script
+        atomic_write_text(script, text)
         ok, start = test_only(text, answering)
         jobs.append(DryJob(plan, script, dep, resources, start, ok))
         if not ok:
@@ -152,6 +177,10 @@ def print_dry_run(cfg: ExperimentConfig, check: bool = True) -> int:
         table.add_row(job.plan.key, stages, job.array, job.dependency or "-", job.request,
                       job.start or "-")
     console().print(table)
+    if any(job.start == SKIPPED for job in jobs):
+        print("empo: sbatch --test-only was skipped: no SLURM controller answers here (sbatch "
+              "or srun not on PATH); the scripts are written, nothing was checked or queued",
+              file=sys.stderr)
     if problems:
         raise PreflightError(problems, what=f"dry run: scripts written to {out}, nothing queued")
     return 0

@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
+from empo.executors import EXECUTORS
+from empo.launch.backends import backend
 from empo.reader import ReadError, read_json
 from empo.store import atomic_write_json, file_lock
 
@@ -40,31 +41,30 @@ def read_manifest(experiment_dir: Path) -> dict[str, Any]:
     if not isinstance(history, list):
         raise LaunchError(f"{path}: 'history' must be a list of job entries")
     check_jobs({f"history[{i}]": entry for i, entry in enumerate(history)}, path)
-    return data
     check_intents(data.get("intents", []), path)
-
-
-JOB_ID = {"slurm": re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?"), "local": re.compile(r"[0-9]{1,9}"),
-          "debug": re.compile(r"[A-Za-z0-9_.-]{1,64}")}
+    return data
 
 
 def check_jobs(jobs: Any, path: Path) -> None:
     """The manifest's `jobs` are what the launcher writes: stage key -> {job_id, executor, ...}
-    with a job id of the executor's form (ids reach scancel/sacct as arguments)."""
+    with a job id of the executor's form (`Backend.job_id`: ids reach scancel/sacct as
+    arguments)."""
     if not isinstance(jobs, dict):
         raise LaunchError(f"{path}: 'jobs' must be an object of stage key -> job entry")
     for key, entry in jobs.items():
         if not isinstance(entry, dict):
             raise LaunchError(f"{path}: jobs.{key} must be an object")
         executor, job_id = entry.get("executor"), entry.get("job_id")
-        if executor not in JOB_ID:
+        if executor not in EXECUTORS:
             raise LaunchError(f"{path}: jobs.{key}.executor {executor!r}; allowed: "
-                              f"{', '.join(JOB_ID)}")
-        if not isinstance(job_id, str) or not JOB_ID[executor].fullmatch(job_id):
+                              f"{', '.join(EXECUTORS)}")
+        if not isinstance(job_id, str) or not backend(executor).job_id.fullmatch(job_id):
             raise LaunchError(f"{path}: jobs.{key}.job_id {job_id!r} is not a {executor} job id")
         for field in ("state", "stderr", "stdout", "folder"):
             if field in entry and entry[field] is not None and not isinstance(entry[field], str):
                 raise LaunchError(f"{path}: jobs.{key}.{field} must be a string")
+
+
 def check_intents(intents: Any, path: Path) -> None:
     """`intents` are what `add_intent` writes: a token, the job's name and comment, its folder
     and, per array index, stage key -> fingerprint."""
@@ -80,8 +80,6 @@ def check_intents(intents: Any, path: Path) -> None:
                 isinstance(u, dict) and all(isinstance(v, str) for v in u.values()) for u in units):
             raise LaunchError(f"{path}: intents[{i}].units must be a list of stage key -> "
                               "fingerprint objects")
-
-
 
 
 def git_commit(root: Path) -> tuple[str | None, bool]:
@@ -131,9 +129,9 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
         for key, new in jobs.items():
             old = current.get(key)
             if old is not None and old.get("job_id") != new.get("job_id"):
-        manifest["intents"] = [i for i in manifest.get("intents", []) if i["token"] not in resolved]
                 history.append({"stage": key, **old})
         current.update(jobs)
+        manifest["intents"] = [i for i in manifest.get("intents", []) if i["token"] not in resolved]
         ids = {entry["job_id"] for entry in jobs.values()}
         submissions = manifest.setdefault("submissions", [])
         if submissions and submissions[-1]["folder"] == str(folder):
@@ -144,6 +142,8 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
                                 "job_ids": sorted(ids)})
         atomic_write_json(exp / MANIFEST, manifest)
     return manifest
+
+
 def add_intent(experiment_dir: Path, intent: dict[str, Any]) -> None:
     """Write-ahead: record a job about to be queued (`intents`) before its sbatch runs, so a
     submission killed between sbatch and `record_jobs` leaves a trace that finds the job."""
@@ -181,8 +181,6 @@ def restore_manifest(experiment_dir: Path, before: bytes | None,
         manifest = json.loads(before)
         manifest.setdefault("history", []).extend(cancelled)
         atomic_write_json(path, manifest)
-
-
 
 
 def update_job(cfg: ExperimentConfig, stage_keys: list[str], **fields: Any) -> None:

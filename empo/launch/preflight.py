@@ -1,25 +1,24 @@
 """Preflight: everything a graph will read or ask for, checked before anything is queued.
 
 Assets (each local path exists; each Hub id is in the cache when jobs run offline), the EPITOME
-checkpoints' key layout, the lm-eval tasks and their datasets, the container image, and on SLURM
-the partition, account, qos, GPU gres, node count and each stage's time against the partition's
-MaxTime, and `empo plan`'s memory per training stage against cluster.gpu_memory_gb. Every problem
+checkpoints' key layout, the lm-eval tasks and their datasets, the container image, the
+backend's own limits (`Backend.preflight`; SLURM: the partition, account, qos, GPU gres, node
+count and each stage's time against the partition's MaxTime), and `empo plan`'s memory per
+training stage against cluster.gpu_memory_gb. Every problem
 is collected; `check_preflight` raises one PreflightError listing them all, one line each naming
 the config key and the fix. `--no-preflight` on run/submit skips it.
 """
 from __future__ import annotations
 
-import getpass
 import logging
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
 from empo.errors import EmpoError, LaunchError
+from empo.launch.backends import backend
 from empo.hub import Asset, cached_dataset, cached_snapshot, experiment_assets, hf_home, \
     hub_cache, offline
 
@@ -73,8 +72,8 @@ def preflight(cfg: ExperimentConfig, executor: str, graph=None) -> list[Problem]
         checks.append(("assets", lambda: check_assets(cfg, trains, evals)))
     if pending:
         checks.append(("cluster.container", lambda: check_image(cfg, executor)))
-    if pending and executor == "slurm":
-        checks.append(("cluster.partition", lambda: check_slurm(cfg, graph)))
+    if pending:  # the backend's own limits (SLURM: partition, account, gres, MaxTime)
+        checks.append(("cluster.partition", lambda: backend(executor).preflight(cfg, graph)))
     if trains and cfg.cluster.gpus_per_node > 0 and cfg.cluster.gpu_memory_gb > 0:
         checks.append(("cluster.gpu_memory_gb", lambda: check_memory(cfg, pending)))
     for key, check in checks:
@@ -235,129 +234,6 @@ def check_image(cfg: ExperimentConfig, executor: str) -> list[Problem]:
         return [Problem(key, text.split(": ", 1)[-1] if text.startswith("cluster.") else text,
                         "build or pull the image where this node sees it (docker/README.md)")]
     return []
-
-
-# ----------------------------------------------------------------------------- SLURM
-
-def _run(argv: list[str]) -> str | None:
-    """stdout of a SLURM client command, None when it is missing or fails."""
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def partition_info(name: str | None) -> dict[str, str] | None:
-    """`scontrol show partition NAME` as key -> value (the default partition when None)."""
-    if name is None:
-        out = _run(["sinfo", "-h", "-o", "%P"])
-        default = [p.rstrip("*") for p in (out or "").split() if p.endswith("*")]
-        if not default:
-            return None
-        name = default[0]
-    out = _run(["scontrol", "show", "partition", name, "-o"])
-    if not out or not out.strip():
-        return None
-    info = dict(re.findall(r"(\w+)=(\S*)", out))
-    info.setdefault("PartitionName", name)
-    return info
-
-
-def minutes(limit: str) -> float | None:
-    """SLURM time (D-HH:MM:SS, HH:MM:SS, MM:SS, MM) in minutes; None for UNLIMITED/INFINITE."""
-    if not limit or limit.upper() in ("UNLIMITED", "INFINITE", "NONE"):
-        return None
-    days, _, rest = limit.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
-        h, m, s = (parts + [0, 0])[:3]
-    else:  # MM, MM:SS, HH:MM:SS
-        h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else \
-            (0, parts[0], parts[1] if len(parts) > 1 else 0)
-    return (int(days or 0) * 24 + h) * 60 + m + s / 60
-
-
-def gres_gpus(partition: str) -> int:
-    """The most GPUs a node of `partition` has (sinfo %G, e.g. gpu:a100:2(S:0-1))."""
-    out = _run(["sinfo", "-h", "-p", partition, "-o", "%G"]) or ""
-    counts = [int(m) for m in re.findall(r"gpu(?::[\w.-]+)?:(\d+)", out)]
-    return max(counts, default=0)
-
-
-def check_slurm(cfg: ExperimentConfig, graph) -> list[Problem]:
-    """Partition, account, qos, gres, nodes and walltime against what the cluster reports."""
-    from empo.launch.jobs import plan_units
-    from empo.launch.resources import job_resources
-
-    cluster = cfg.cluster
-    if shutil.which("scontrol") is None:
-        return []  # check_launch already refused a machine without sbatch
-    listed = _run(["sinfo", "-h", "-o", "%P"])
-    if listed is None:
-        return [Problem("cluster.executor", "slurm, but SLURM does not answer (sinfo failed)",
-                        "submit from a login node of the cluster (SLURM_CONF set), or use "
-                        "--executor local")]
-    problems: list[Problem] = []
-    kinds = sorted({unit.kind for unit in plan_units(graph)})
-    by_partition: dict[str | None, list] = {}
-    for kind in kinds:
-        res = job_resources(cfg, kind, kind)
-        by_partition.setdefault(res.partition, []).append((kind, res))
-    for name, jobs in by_partition.items():
-        key = "cluster.partition" if name == cluster.partition else "cluster.cpu_partition"
-        info = partition_info(name)
-        if info is None:
-            problems.append(Problem(key, f"partition {name or '(default)'} does not exist",
-                                    "use one of: " + ", ".join(p.rstrip("*") for p in
-                                                               listed.split())))
-            continue
-        part = info["PartitionName"]
-        if info.get("State", "UP") != "UP":
-            problems.append(Problem(key, f"partition {part} is {info['State']}",
-                                    "use a partition that is UP"))
-        limit = minutes(info.get("MaxTime", "UNLIMITED"))
-        for kind, res in jobs:
-            if limit is not None and res.timeout_min > limit:
-                problems.append(Problem("cluster.time", f"{res.timeout_min} min "
-                                        f"for {kind} jobs exceeds partition {part}'s MaxTime "
-                                        f"{info['MaxTime']} ({limit:.0f} min)",
-                                        f"at most {limit:.0f} (training resumes when requeued)"))
-        total = int(info.get("TotalNodes", "0") or 0)
-        nodes = max(r.nodes for _, r in jobs)
-        if total and nodes > total:
-            problems.append(Problem("cluster.nodes", f"{nodes} nodes asked, partition {part} has "
-                                    f"{total}", f"at most {total}"))
-        gpus = max(r.gpus_per_node for _, r in jobs)
-        if gpus:
-            have = gres_gpus(part)
-            if have < gpus:
-                problems.append(Problem("cluster.gpus_per_node", f"{gpus} GPUs per node asked, "
-                                        f"nodes of partition {part} have {have} (gres/gpu)",
-                                        f"at most {have}, or a GPU partition"))
-    problems += _accounting(cfg)
-    return problems
-
-
-def _accounting(cfg: ExperimentConfig) -> list[Problem]:
-    """account and qos exist (sacctmgr, where accounting answers)."""
-    problems = []
-    if cfg.cluster.account:
-        out = _run(["sacctmgr", "-n", "-P", "show", "associations",
-                    f"user={getpass.getuser()}", f"account={cfg.cluster.account}",
-                    "format=account"])
-        if out is not None and not out.strip():
-            problems.append(Problem("cluster.account", f"account {cfg.cluster.account} does not "
-                                    f"exist or {getpass.getuser()} is not in it",
-                                    "use an account of `sacctmgr show associations user=$USER`"))
-    if cfg.cluster.qos:
-        out = _run(["sacctmgr", "-n", "-P", "show", "qos", cfg.cluster.qos, "format=name"])
-        if out is not None and not out.strip():
-            problems.append(Problem("cluster.qos", f"qos {cfg.cluster.qos} does not exist",
-                                    "use a qos of `sacctmgr show qos`"))
-    return problems
 
 
 # ----------------------------------------------------------------------------- memory

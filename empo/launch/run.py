@@ -1,9 +1,9 @@
 """`empo run` / `empo submit`: check, prepare results/<name>, start the pending stages, and (for
 run) wait with a live status table on stderr.
 
-Local and debug executors: this process schedules each job once the jobs it needs have
-succeeded, at most `parallel` at a time (the cores divided by cluster.cpus_per_task). SLURM:
-everything is queued at once with dependencies and watched through sacct.
+Backends without a queue (local, debug): this process schedules each job once the jobs it needs
+have succeeded, at most `parallel` at a time (the cores divided by cluster.cpus_per_task). A
+queued backend (SLURM): everything is queued at once with dependencies and watched.
 """
 from __future__ import annotations
 
@@ -25,13 +25,16 @@ from empo.errors import LaunchError
 from empo.launch import (check_launch, clean_submission_env, job_environment, job_resources,
                          make_executor)
 from empo.launch.accounting import JobInfo, this_host
+from empo.launch.backends import backend, batch_backend
 from empo.launch.experiment import reruns, write_experiment
 from empo.launch.manifest import read_manifest, record_jobs, update_job
 from empo.launch.jobs import Unit, plan_units
-from empo.launch.status import (RUNNING, WAITING, StageStatus, _alive, experiment_status,
-                                job_states, normalize, render, stage_statuses, summary)
+from empo.launch.status import (RUNNING, WAITING, StageStatus, experiment_status, job_states,
+                                normalize, render, stage_statuses, summary)
 from empo.launch.submit import entry, job_folder, job_name, submit_graph
 from empo.pipeline import Graph, build_graph, stage_call
+from empo.processes import ProcessId, owned_job
+from empo.store import claim_experiment_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False,
     """Validate everything, create the tiny assets, record experiment.yaml, and say which
     finished stages the config makes stale (before anything starts)."""
     check_launch(cfg, executor)
+    claim_experiment_dir(cfg.experiment_dir, create=False)  # refused before any work
+    _set_aside_unreadable_manifest(cfg.experiment_dir)
     if force_new and cfg.experiment_dir.exists():
         _refuse_if_active(cfg.experiment_dir)
     if cfg.assets:
@@ -73,12 +78,25 @@ def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False,
     return graph, moved
 
 
+def _set_aside_unreadable_manifest(experiment_dir: Path) -> None:
+    """A manifest the bounded reader refuses (not a regular file, too large or deep, invalid) is
+    moved aside with the reason, and the run starts a new one."""
+    from empo.launch.manifest import MANIFEST
+    from empo.store import move_aside
+
+    try:
+        read_manifest(experiment_dir)
+    except LaunchError as err:
+        moved = move_aside(experiment_dir / MANIFEST, str(err))
+        log.warning("%s; moved it aside to %s", err, moved)
+
+
 def _refuse_if_active(experiment_dir: Path) -> None:
     """--force-new must not move a directory that queued or running jobs still write into."""
     jobs = read_manifest(experiment_dir).get("jobs", {})
     if not jobs:
         return
-    states = job_states(jobs)
+    states = job_states(jobs, experiment_dir)
     live = RUNNING | (WAITING - {"UNKNOWN", ""})  # UNKNOWN: accounting has no record (old cluster)
     active = sorted({job for job, state in states.items() if normalize(state) in live})
     if active:
@@ -117,7 +135,7 @@ class _Job:
     unit: Unit
     job: Any = None
     state: str = "waiting"          # waiting | running | elsewhere | done | failed | not-run
-    pid: int | None = None          # elsewhere: the live job of an earlier driver
+    process: ProcessId | None = None  # its local job's process (elsewhere: an earlier driver's)
     started: float = 0.0
     reason: str = ""
     log: str | None = None
@@ -134,8 +152,8 @@ def run_local(cfg: ExperimentConfig, graph: Graph, executor: str, parallel: int 
     folder = job_folder(cfg, executor)
     parallel = parallel or max(1, (os.cpu_count() or 1) // max(1, cfg.cluster.cpus_per_task))
     jobs = {unit.key: _Job(unit) for unit in plan_units(graph)}
-    _adopt_live_jobs(cfg, jobs)
-    gpus = local_gpus(cfg.cluster.gpus_per_node) if executor == "local" else []
+    gpus = local_gpus(cfg.cluster.gpus_per_node) if backend(executor).processes_here else []
+    _adopt_live_jobs(cfg, jobs, gpus)
     console = console or _console()
     say = console.print
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -158,16 +176,23 @@ def run_local(cfg: ExperimentConfig, graph: Graph, executor: str, parallel: int 
     return statuses
 
 
-def _adopt_live_jobs(cfg: ExperimentConfig, jobs: dict[str, _Job]) -> None:
+def _adopt_live_jobs(cfg: ExperimentConfig, jobs: dict[str, _Job], gpus: list[int]) -> None:
     """Units whose local job from an earlier driver is still alive (that driver was killed):
-    wait for that job instead of starting the stages a second time."""
+    wait for that job instead of starting the stages a second time. It counts against
+    `--parallel` and keeps its GPUs (taken from `gpus`) until it ends. Only a job that is ours
+    (`processes.owned_job`) is adopted; any other PID is never waited on."""
     entries = read_manifest(cfg.experiment_dir).get("jobs", {})
     for job in jobs.values():
         for stage in job.unit.stages:
             entry = entries.get(stage.key) or {}
-            if entry.get("executor") == "local" and not entry.get("state") \
-                    and _alive(int(entry["job_id"])):
-                job.state, job.pid, job.log = "elsewhere", int(entry["job_id"]), entry.get("stderr")
+            here = bool(entry) and backend(entry["executor"]).processes_here
+            process = owned_job(entry, cfg.experiment_dir) if here and not entry.get("state") \
+                else None
+            if process is not None:
+                job.state, job.process, job.log = "elsewhere", process, entry.get("stderr")
+                held = [g for g in entry.get("gpu_ids") or [] if g in gpus]
+                job.gpus = tuple(held)
+                gpus[:] = [g for g in gpus if g not in held]
                 break
 
 
@@ -176,8 +201,8 @@ def _stop_started(cfg: ExperimentConfig, jobs: dict[str, _Job], executor: str) -
     from empo.launch.status import stop_process_tree
 
     for job in jobs.values():
-        if job.state == "running" and executor == "local":
-            stop_process_tree(int(job.job.job_id), grace_s=5.0)
+        if job.state == "running" and job.process is not None:  # a process of this machine
+            stop_process_tree(job.process, grace_s=5.0)
             update_job(cfg, [s.key for s in job.unit.stages], state="CANCELLED",
                        elapsed_s=round(time.time() - job.started, 3))
 
@@ -193,7 +218,8 @@ def local_gpus(gpus_per_node: int) -> list[int]:
 def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
     """Start waiting jobs whose deps succeeded, within `parallel` jobs and the free GPUs (`gpus`,
     taken while a job runs: concurrent local jobs never share a GPU)."""
-    running = sum(j.state == "running" for j in jobs.values())
+    chosen = backend(executor)
+    running = sum(j.state in ("running", "elsewhere") for j in jobs.values())  # adopted too
     for job in jobs.values():
         if job.state != "waiting":
             continue
@@ -204,19 +230,23 @@ def _start_ready(cfg, executor, folder, jobs, parallel, gpus, say) -> None:
             continue
         name = job_name(cfg, job.unit.kind, job.unit.variant)
         resources = job_resources(cfg, job.unit.kind, name)
-        need = resources.gpus_per_node if executor == "local" else 0
+        need = resources.gpus_per_node if chosen.processes_here else 0
         if need > len(gpus):
             continue  # wait until a running job gives its GPUs back
         job.gpus, gpus[:] = tuple(gpus[:need]), gpus[need:]
         ex = make_executor(cfg, executor, folder, resources, visible_gpus=job.gpus)
-        env = job_environment(resources) if executor == "local" else {}
+        env = job_environment(resources) if chosen.processes_here else {}
         # the job inherits this environment: no SLURM/torch distributed variables of ours
         with clean_submission_env(), environment_variables(**env), _stderr_to(folder):
             job.job = ex.submit(stage_call(job.unit.stages))
         job.state, job.started, running = "running", time.time(), running + 1
         job.log = str(job.job.paths.stderr)
         job.cpus = resources.cpus_per_task * resources.tasks_per_node
-        facts = {"host": this_host(), "cpus": job.cpus, "gpus": len(job.gpus)}  # for the cost
+        # the process identity is what `empo cancel` and a later driver check before they
+        # signal or wait on this job (host, boot, PID, start time)
+        job.process = ProcessId.of(int(job.job.job_id)) if chosen.processes_here else None
+        facts = {"host": this_host(), "cpus": job.cpus, "gpus": len(job.gpus),  # for the cost
+                 "gpu_ids": list(job.gpus), "process": job.process and job.process.record()}
         record_jobs(cfg, executor, folder, {s.key: {**entry(job.job, job.unit, executor, folder,
                                                              None), **facts}
                                             for s in job.unit.stages})
@@ -242,10 +272,13 @@ def _stderr_to(folder: Path) -> Iterator[None]:
 
 def _collect(cfg, jobs, gpus, say) -> None:
     for job in jobs.values():
-        if job.state == "elsewhere" and not _alive(job.pid):
+        if job.state == "elsewhere" and not job.process.alive():
             done = all(stage.is_done() for stage in job.unit.stages)
             job.state = "done" if done else "waiting"  # else: start it here
-            say(f"[cyan]ended[/] {job.unit.key} (job {job.pid} of an earlier run)", highlight=False)
+            gpus.extend(job.gpus)
+            job.gpus = ()
+            say(f"[cyan]ended[/] {job.unit.key} (job {job.process.pid} of an earlier run)",
+                highlight=False)
         if job.state != "running":
             continue
         try:
@@ -291,7 +324,7 @@ def _local_statuses(graph: Graph, jobs: dict[str, _Job]) -> list[StageStatus]:
         if job.state not in _LOCAL_STATES:
             continue
         job_id = (str(job.job.job_id) if job.job is not None else
-                  str(job.pid) if job.pid else f"local:{job.unit.key}")
+                  str(job.process.pid) if job.process else f"local:{job.unit.key}")
         states[job_id] = _LOCAL_STATES[job.state]
         if job.job is not None:
             elapsed = job.took if job.took is not None else time.time() - job.started
@@ -350,7 +383,7 @@ def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False
     check_launch(cfg, executor)
     with driver_lock(cfg):
         graph, moved = prepare(cfg, executor, force_new, preflight)
-        if executor == "slurm":
+        if backend(executor).queued:  # the batch system starts the jobs; this process waits
             submit_graph(cfg, graph, job_folder(cfg, executor))
             statuses = wait_slurm(cfg, graph, console=console)
         else:
@@ -370,11 +403,13 @@ def write_costs(graph: Graph) -> Path | None:
 
 def submit_experiment(cfg: ExperimentConfig, force_new: bool = False, preflight: bool = True
                       ) -> tuple[Graph, dict[str, Any], Path | None]:
-    """`empo submit`: queue all pending stages on SLURM and return at once."""
-    check_launch(cfg, "slurm")
+    """`empo submit`: queue all pending stages on the batch system (cluster.executor's when it
+    has a queue, else SLURM: `backends.batch_backend`) and return at once."""
+    executor = batch_backend(cfg.cluster.executor).name
+    check_launch(cfg, executor)
     with driver_lock(cfg):
-        graph, moved = prepare(cfg, "slurm", force_new, preflight)
-        entries = submit_graph(cfg, graph, job_folder(cfg, "slurm"))
+        graph, moved = prepare(cfg, executor, force_new, preflight)
+        entries = submit_graph(cfg, graph, job_folder(cfg, executor))
     return graph, entries, moved
 
 

@@ -1,21 +1,24 @@
 """What each stage of an experiment is doing: done / running / pending / failed / cancelled /
 not-run, with its job id, log and the reason, from the DONE markers, manifest.json and the job
-states (SLURM accounting through submitit's sacct watcher; process ids for local jobs).
+states each backend describes (`launch/backends/`: squeue/sacct, the local driver's record).
 Also `cancel`: stop every unfinished job of an experiment.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from empo.errors import LaunchError
-from empo.launch.accounting import JobInfo, exception_line, job_info, slurm_job_info
+from empo.launch.accounting import JobInfo, exception_line, job_info
+from empo.launch.backends import by_backend
 from empo.pipeline import Graph
+from empo.processes import ProcessId, ended, owned_job
+from empo.reader import inside
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "UNKNOWN",
@@ -23,6 +26,7 @@ WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "U
 LIVE = RUNNING | {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"}
 FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
           "SPECIAL_EXIT", "REVOKED"}
+log = logging.getLogger(__name__)
 STATE_STYLES = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "bold red",
                 "cancelled": "magenta", "not-run": "dim"}
 
@@ -145,61 +149,23 @@ def _ancestors(deps: tuple[str, ...], graph: Graph) -> set[str]:
 
 # ----------------------------------------------------------------------------- job states
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id (array tasks included): squeue for the jobs still in the queue
-    (what it says is current), sacct for the ones that left it; UNKNOWN where neither answers
-    (no accounting). SLURM's own commands, not submitit's internals."""
-    states = squeue_states(job_ids)
-    ended = [job_id for job_id in job_ids if job_id not in states]
-    if ended:
-        info = slurm_job_info(ended)
-        states.update({job_id: info[job_id].state if job_id in info else "UNKNOWN"
-                       for job_id in ended})
-    return states
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} of those `job_ids` squeue still lists ({} where squeue cannot answer)."""
-    try:
-        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if done.returncode != 0:  # e.g. every id has left the queue ("Invalid job id specified")
-        return {}
-    listed = dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
-    return {job_id: listed[job_id] for job_id in job_ids if job_id in listed}
-
-
-def local_state(entry: dict[str, Any]) -> str:
+def local_state(entry: dict[str, Any], experiment_dir: Path) -> str:
     """A local (submitit LocalExecutor) job's state: what the driver recorded when it ended, else
-    RUNNING while its controller process lives, else FAILED (the markers say what finished).
-    Nothing named by the manifest is ever unpickled."""
+    RUNNING while its controller process lives and is ours (`processes.owned_job`: host, boot,
+    PID, start time and experiment match), else FAILED (the markers say what finished). A PID
+    that now names some other process is never taken for the job. Nothing named by the manifest
+    is ever unpickled."""
     if entry.get("state"):
         return str(entry["state"])
-    pid = int(entry["job_id"])
-    return "RUNNING" if _alive(pid) else "FAILED"
+    return "RUNNING" if owned_job(entry, experiment_dir) is not None else "FAILED"
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a live submitit process (not a zombie, not a reused pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return b"submitit" in cmdline and state != "Z"
-
-
-def job_states(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """States of the manifest's jobs, by job id."""
-    slurm = sorted({e["job_id"] for e in jobs.values() if e.get("executor") == "slurm"})
-    states = slurm_states(slurm) if slurm else {}
-    for entry in jobs.values():
-        if entry.get("executor") == "local":
-            states[entry["job_id"]] = local_state(entry)
-        elif entry.get("executor") == "debug":
-            states[entry["job_id"]] = entry.get("state", "UNKNOWN")
+def job_states(jobs: dict[str, dict[str, Any]], experiment_dir: Path) -> dict[str, str]:
+    """States of the manifest's jobs (of the experiment in `experiment_dir`), by job id, as the
+    backend that ran each describes them."""
+    states: dict[str, str] = {}
+    for chosen, entries in by_backend(jobs.values()).values():
+        states.update(chosen.describe(entries, experiment_dir))
     return states
 
 
@@ -213,13 +179,20 @@ def experiment_report(graph: Graph, manifest: dict[str, Any]
     the local driver recorded, and those job facts by job id; a failed job's exception line is
     read from its stderr log (as text)."""
     jobs = manifest.get("jobs", {})
-    states = job_states(jobs)
+    states = job_states(jobs, graph.experiment_dir)
     details = job_info(jobs, states)
     ended = FAILED | {"CANCELLED", "COMPLETED"}
-    jobs = {key: ({**entry, "error": entry.get("error") or exception_line(entry.get("stderr"))}
+    jobs = {key: ({**entry, "error": entry.get("error") or exception_line(_own_log(entry, graph))}
                   if normalize(states.get(entry.get("job_id", ""))) in ended else entry)
             for key, entry in jobs.items()}
     return stage_statuses(graph, jobs, states, details), details
+
+
+def _own_log(entry: dict[str, Any], graph: Graph) -> str | None:
+    """The entry's stderr log when it lies inside the experiment directory (a manifest naming
+    /etc/passwd or /dev/zero is not read)."""
+    log_path = entry.get("stderr")
+    return log_path if log_path and inside(log_path, graph.experiment_dir) else None
 
 
 # ----------------------------------------------------------------------------- cancel
@@ -229,71 +202,47 @@ def cancel(graph: Graph, manifest: dict[str, Any], experiment_dir: Path | None =
     """Cancel every job still pending or running for an unfinished stage, and the local driver
     (`empo run`) that would start more; then check that they stopped. Returns the job ids.
 
-    SLURM: scancel, then wait until accounting shows them ended. Local: SIGINT to the job's
-    controller, then SIGTERM, then SIGKILL to its whole process tree (a job started from a script
-    with `&` ignores SIGINT). LaunchError naming the jobs that are still alive after that."""
+    Each backend stops its own jobs (`Backend.cancel`: SLURM's scancel and a wait until
+    accounting shows them ended; a local job's process tree, SIGINT, SIGTERM, then SIGKILL).
+    LaunchError naming the jobs that are still alive after that."""
     if experiment_dir is not None:
         stop_driver(experiment_dir, grace_s)
     statuses = experiment_status(graph, manifest)
     jobs = manifest.get("jobs", {})
     active = {s.job_id for s in statuses if s.state in ("running", "pending") and s.job_id}
     history = {f"history[{i}]": e for i, e in enumerate(manifest.get("history", []))}
-    earlier = job_states(history) if history else {}  # jobs of earlier submissions, still live?
+    earlier = job_states(history, graph.experiment_dir) if history else {}  # still live?
     active |= {e["job_id"] for e in history.values() if normalize(earlier.get(e["job_id"])) in LIVE}
-    executor = {e["job_id"]: e.get("executor") for e in [*history.values(), *jobs.values()]}
-    slurm = sorted(j for j in active if executor.get(j) == "slurm")
-    if slurm:
-        done = subprocess.run(["scancel", "--", *slurm], capture_output=True, text=True,
-                              timeout=60)
-        if done.returncode != 0:
-            raise LaunchError(f"scancel {' '.join(slurm)} failed: {done.stderr.strip()}")
-    local = sorted(j for j in active if executor.get(j) == "local")
-    alive = [job for job in local if not stop_process_tree(int(job), grace_s)]
-    deadline = time.time() + max(grace_s, 30.0)
-    while slurm and time.time() < deadline:
-        states = slurm_states(slurm)
-        slurm = [j for j in slurm if normalize(states.get(j)) in RUNNING | {"PENDING", "REQUEUED"}]
-        if slurm:
-            time.sleep(1.0)
-    if alive or slurm:
-        raise LaunchError(f"jobs {' '.join(alive + slurm)} are still alive after cancelling; "
+    alive: list[str] = []
+    for chosen, entries in by_backend([*history.values(), *jobs.values()]).values():
+        alive += chosen.cancel(entries, active, graph.experiment_dir, grace_s)
+    if alive:
+        raise LaunchError(f"jobs {' '.join(alive)} are still alive after cancelling; "
                           "check them with squeue / ps")
     return sorted(active)
 
 
 def stop_driver(experiment_dir: Path, grace_s: float) -> None:
-    """SIGTERM the `empo run` process that holds this experiment's run lock (on this host), so
-    it starts nothing more and cancels what it started; wait for it to exit."""
+    """SIGTERM the `empo run` process that holds this experiment's run lock now, so it starts
+    nothing more and cancels what it started; wait for it to exit. Only a process that matches
+    the lock's record (host, boot, PID, start time), holds the lock and runs empo is signalled:
+    a stale lock whose PID was reused by another process is left alone."""
     from empo.launch.run import run_lock_path
+    from empo.store import lock_held, lock_holder
 
-    try:
-        holder = run_lock_path(experiment_dir).read_text().split()
-    except OSError:
+    lock = run_lock_path(experiment_dir)
+    process = lock_holder(lock)
+    if process is None or process.pid == os.getpid():
         return
-    if len(holder) != 4 or holder[0] != "host" or not holder[3].isdigit():
+    if not (process.alive() and lock_held(lock)
+            and any("empo" in word for word in process.cmdline())):
+        log.warning("%s names process %d, which is not the driver of this experiment (or no "
+                    "longer runs): not signalled", lock, process.pid)
         return
-    import socket
-
-    pid = int(holder[3])
-    if holder[1] != socket.gethostname() or pid == os.getpid():
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return
-    if b"empo" not in cmdline:
-        return
-    os.kill(pid, signal.SIGTERM)
+    os.kill(process.pid, signal.SIGTERM)
     deadline = time.time() + grace_s + 15
-    while time.time() < deadline and Path(f"/proc/{pid}").exists() and not _zombie(pid):
+    while time.time() < deadline and process.alive():
         time.sleep(0.2)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _children(pid: int) -> list[int]:
@@ -315,11 +264,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def stop_process_tree(pid: int, grace_s: float = 10.0) -> bool:
-    """SIGINT `pid` (a submitit local controller: it stops its tasks), then SIGTERM, then SIGKILL
-    it and every descendant; True once none of them is alive."""
-    if not _alive(pid):
+def stop_process_tree(process: ProcessId, grace_s: float = 10.0) -> bool:
+    """SIGINT `process` (a submitit local controller of ours: it stops its tasks), then SIGTERM,
+    then SIGKILL it and every descendant; True once none of them is alive. Nothing is signalled
+    unless `process` is still the very process recorded (`ProcessId.alive`)."""
+    if not process.alive():
         return True
+    pid = process.pid
     tree = [pid] + _children(pid)
     for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, grace_s / 2), (signal.SIGKILL, 5.0)):
         targets = [pid] if sig == signal.SIGINT else tree + [c for c in _children(pid) if c not in tree]
@@ -330,10 +281,10 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> bool:
                 pass
         deadline = time.time() + wait
         while time.time() < deadline:
-            if all(_zombie(p) or not Path(f"/proc/{p}").exists() for p in tree):
+            if all(ended(p) for p in tree):
                 return True
             time.sleep(0.1)
-    return all(_zombie(p) or not Path(f"/proc/{p}").exists() for p in tree)
+    return all(ended(p) for p in tree)
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -20,6 +20,7 @@ from typing import Any
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import clean_submission_env, job_resources, make_executor
+from empo.launch.backends import Backend, batch_backend
 from empo.launch.manifest import MANIFEST, add_intent, now, record_jobs, restore_manifest
 from empo.launch.orphans import job_comment, settle_orphans
 from empo.launch.jobs import Unit, dependency, plan_arrays, plan_units
@@ -51,9 +52,11 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
 
     A stage whose earlier job is still pending or running is not queued again: what needs it
     waits on that job (`afterok`). Arrays wait on the union of their tasks' live jobs. Jobs an
-    interrupted submission queued are adopted or cancelled first (`orphans.settle_orphans`)."""
+    interrupted submission queued are adopted or cancelled first (`orphans.settle_orphans`).
+    The batch system is cluster.executor's when it has a queue, else SLURM's (`batch_backend`)."""
+    chosen = batch_backend(cfg.cluster.executor)
     settle_orphans(cfg.experiment_dir, graph)
-    live, stale = live_jobs(graph)
+    live, stale = live_jobs(graph, chosen)
     if stale:  # queued for an earlier config of their stage: replaced by this submission
         log.warning("cancelling jobs of an earlier config: %s", " ".join(_cancel(stale)))
     units = plan_units(graph, [s for s in graph.pending() if s.key not in live])
@@ -80,7 +83,7 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
         comment = job_comment(cfg.experiment_dir, token, units)
         resources = job_resources(cfg, plan.kind, name)
         resources = dataclasses.replace(resources, extra={**resources.extra, "comment": comment})
-        executor = make_executor(cfg, "slurm", folder, resources, dependency=dep)
+        executor = make_executor(cfg, chosen.name, folder, resources, dependency=dep)
         add_intent(cfg.experiment_dir, {"token": token, "name": name, "comment": comment,
                                         "folder": str(folder), "at": now(), "units": units})
         try:  # jobs must not inherit this process's SLURM_*/RANK/MASTER_* (e.g. inside a job)
@@ -105,26 +108,26 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
         for unit, job in zip(plan.units, jobs):
             job_ids[unit.key] = job.job_id
             for stage in unit.stages:
-                queued_now[stage.key] = {**entry(job, unit, "slurm", folder, array_id),
+                queued_now[stage.key] = {**entry(job, unit, chosen.name, folder, array_id),
                                          "fingerprint": stage.fingerprint}
-        record_jobs(cfg, "slurm", folder, queued_now, resolved=(token,))
+        record_jobs(cfg, chosen.name, folder, queued_now, resolved=(token,))
         entries.update(queued_now)
         log.info("queued %s: %s%s", plan.key, array_id or jobs[0].job_id,
                  f" (after {dep})" if dep else "")
     return entries
 
 
-def live_jobs(graph: Graph) -> tuple[dict[str, str], list[str]]:
+def live_jobs(graph: Graph, chosen: Backend) -> tuple[dict[str, str], list[str]]:
     """({stage key: id of its job from an earlier submission, still pending or running, for the
     stage's current fingerprint}, [ids of live jobs queued for an earlier fingerprint]), from the
-    manifest and squeue/sacct. Stages that are done are left out."""
+    manifest and the batch system `chosen` (squeue/sacct). Stages that are done are left out."""
     from empo.launch.manifest import read_manifest
     from empo.launch.status import LIVE, job_states, normalize
 
-    jobs = {key: entry for key, entry in read_manifest(graph.experiment_dir).get("jobs", {}).items()
-            if entry.get("executor") == "slurm" and key in graph.stages
-            and not graph.stages[key].is_done()}
-    states = job_states(jobs) if jobs else {}
+    jobs = {key: entry for key, entry in chosen.list(read_manifest(graph.experiment_dir)
+                                                     .get("jobs", {})).items()
+            if key in graph.stages and not graph.stages[key].is_done()}
+    states = job_states(jobs, graph.experiment_dir) if jobs else {}
     live = {key: entry for key, entry in jobs.items()
             if normalize(states.get(entry["job_id"])) in LIVE}
     current = {key: e["job_id"] for key, e in live.items()

@@ -14,8 +14,8 @@ from launchutil import PROJECT_ROOT
 from empo.config import load_config
 from empo.errors import ConfigError, LaunchError
 from empo.launch import EXECUTORS, check_executor, check_launch, job_resources, make_executor
+from empo.launch.backends import backend
 from empo.launch.containers import check_container, container_command
-from empo.launch.dryrun import script_text
 from empo.launch.run import local_gpus
 
 needs_slurm_client = pytest.mark.skipif(shutil.which("sbatch") is None or shutil.which("srun") is None,
@@ -48,7 +48,8 @@ def test_a_container_needs_an_image_that_exists(make_cfg, tmp_path):
                    cluster__container__image=str(tmp_path / "no-such-image-dir"))
     with pytest.raises(LaunchError, match="does not exist"):
         check_container(cfg, "local")
-    with pytest.raises(LaunchError, match="pyxis runs containers through SLURM"):
+    with pytest.raises(LaunchError, match="runtime pyxis: the local executor cannot start it; "
+                       "use --executor slurm"):
         check_container(make_cfg(cluster__container__runtime="pyxis",
                                  cluster__container__image="nvcr.io#nvidia/pytorch:24.05-py3"), "local")
 
@@ -168,7 +169,7 @@ def test_the_sbatch_script_has_resources_dependency_requeue_and_container(tmp_pa
                        "cluster.slurm_extra={constraint: a100-80gb}"])
     ex = make_executor(cfg, "slurm", tmp_path / "jobs", job_resources(cfg, "sft", "table1:sft"),
                        dependency="afterok:12:13")
-    script = script_text(ex, 1)  # what submitit writes (the dry run's renderer)
+    script = backend("slurm").script(ex, 1)  # what submitit writes (the dry run's renderer)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=nlp", "#SBATCH --qos=high",
                  "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2", "#SBATCH --gpus-per-node=2",
                  f"#SBATCH --time={cfg.cluster.time['sft']}", "#SBATCH --mem=200GB",
@@ -180,5 +181,5 @@ def test_the_sbatch_script_has_resources_dependency_requeue_and_container(tmp_pa
     python = srun[srun.index("apptainer"):]
     assert shlex.split(python)[:3] == ["apptainer", "exec", "--nv"] and str(image) in python
     cpu = make_executor(cfg, "slurm", tmp_path / "jobs", job_resources(cfg, "aggregate", "a"))
-    assert "gpus-per-node" not in script_text(cpu, 1)
-    assert "dependency" not in script_text(cpu, 1)
+    assert "gpus-per-node" not in backend("slurm").script(cpu, 1)
+    assert "dependency" not in backend("slurm").script(cpu, 1)

@@ -9,7 +9,7 @@ import pytest
 from launchutil import PROJECT_ROOT
 from empo.config import load_config
 from empo.launch import job_resources, make_executor
-from empo.launch.dryrun import script_text
+from empo.launch.backends import backend
 
 needs_sbatch = pytest.mark.skipif(shutil.which("sbatch") is None,
                                   reason="SLURM client command sbatch not installed")
@@ -19,7 +19,7 @@ TABLE1 = PROJECT_ROOT / "configs/experiments/table1.yaml"
 def script(tmp_path, overrides: list[str], kind: str) -> list[str]:
     cfg = load_config(TABLE1, [f"results_dir={tmp_path}/results", *overrides])
     ex = make_executor(cfg, "slurm", tmp_path / "jobs", job_resources(cfg, kind, f"table1:{kind}"))
-    return script_text(ex, 1).splitlines()  # what submitit writes (the dry run's renderer)
+    return backend("slurm").script(ex, 1).splitlines()  # what submitit writes (the dry run's)
 
 
 @needs_sbatch
