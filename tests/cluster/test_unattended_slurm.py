@@ -3,11 +3,13 @@ leaves nothing unseen, a failed rank's exception reaches `empo status`, cancelle
 that never started end, and cost.csv counts every job the experiment ever queued."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,96 @@ def test_cancel_reaches_the_jobs_of_a_killed_submission(slurm_cluster, tmp_path,
     assert queued(slurm_cluster, experiment) == []
     manifest = read_manifest(tmp_path / experiment)
     assert not manifest["intents"] and set(orphans) <= {e["job_id"] for e in manifest["history"]}
+
+
+def test_a_failed_two_rank_training_job_shows_the_first_failing_ranks_exception(
+        slurm_cluster, tmp_path, capsys, monkeypatch, experiment):
+    """Both ranks of an SFT job (fake GPUs: two tasks over gloo) fail loading truncated weights
+    after torch's process group is up, so torch prefixes their tracebacks (`[rank0]: ...`)."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "assets/tiny/model", model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    args = smoke_args(tmp_path, f"name={experiment}", "seeds=[1]", "eval.metrics=[mmlu]",
+                      f"model.name_or_path={model}", "cluster.gpus_per_node=2")
+    assert main(["submit", *args, "--no-preflight"]) == 0
+    deadline = time.time() + 300
+    while (sft := status_json(tmp_path / experiment, capsys)["sft/sft/seed-1"])["state"] in (
+            "pending", "running"):
+        assert time.time() < deadline, sft
+        time.sleep(2)
+    logs = sorted(Path(sft["log"]).parent.glob(f"{sft['job_id']}_*_log.err"))
+    assert len(logs) == 2 and all("[rank" in log.read_text() for log in logs)  # torch's prefix
+    assert sft["state"] == "failed" and sft["slurm_state"] == "FAILED", sft
+    assert sft["error"].startswith("[rank 0] ") and "Error" in sft["error"], sft
+    assert sft["error"] in sft["reason"]
+
+
+def test_cancelled_array_tasks_that_never_started_end_and_status_watch_returns(
+        slurm_cluster, tmp_path, capsys, monkeypatch, experiment):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    args = smoke_args(tmp_path, f"name={experiment}", "eval.metrics=[mmlu]",
+                      "cluster.slurm_extra={hold: true}")  # nothing starts
+    assert main(["submit", *args]) == 0
+    jobs = read_manifest(tmp_path / experiment)["jobs"]
+    sft = jobs["sft/sft/seed-1"]["array_id"]
+    assert sft and jobs["sft/sft/seed-2"]["job_id"] == f"{sft}_1"
+    subprocess.run(["scancel", sft], check=True, timeout=30, env=slurm_cluster.env())
+    acct = ""
+    deadline = time.time() + 60  # until accounting holds the range record, e.g. `41_[0-1%2]`
+    while f"{sft}_[" not in acct:
+        assert time.time() < deadline, acct
+        time.sleep(1)
+        acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", sft],
+                              capture_output=True, text=True, timeout=30).stdout
+    assert queued(slurm_cluster, f"{experiment}:sft") == []
+    status = status_json(tmp_path / experiment, capsys)
+    assert {status[f"sft/sft/seed-{s}"]["state"] for s in (1, 2)} == {"cancelled"}, status
+    main(["cancel", str(tmp_path / experiment)])  # the dependants, held: cancelled too
+    watch = subprocess.run([sys.executable, "-m", "empo.cli", "status", str(tmp_path / experiment),
+                            "--watch", "1"], capture_output=True, text=True, timeout=120,
+                           env=slurm_cluster.env(), cwd=ROOT)
+    assert watch.returncode == 0 and "cancelled" in watch.stdout, watch.stderr[-2000:]
+
+
+def test_cost_counts_every_job_the_experiment_queued_as_sacct_does(slurm_cluster, tmp_path,
+                                                                    capsys, monkeypatch,
+                                                                    experiment):
+    """Training and MMLU done by hand: the baseline share of seed 2 and the aggregate are the
+    jobs. The first submission is killed after queuing the share (it starts, finds no pickle,
+    and is cancelled by the resubmission), the second runs both: cost.csv's total is sacct's
+    ElapsedRaw × AllocTRES over all three."""
+    from empo.config import load_config
+    from empo.pipeline import build_graph
+    from fakes import finish_training_and_mmlu
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    args = smoke_args(tmp_path, f"name={experiment}", "eval.metrics=[mmlu]")
+    finish_training_and_mmlu(build_graph(load_config(args[0], args[1:])))
+    killed_submit(slurm_cluster, tmp_path, args, wait=False)
+    time.sleep(3)  # the orphan runs a moment: it costs something
+    assert main(["submit", *args]) == 0
+    deadline = time.time() + 180
+    while [s for s in status_json(tmp_path / experiment, capsys).values()
+           if s["state"] in ("pending", "running")]:
+        assert time.time() < deadline
+        time.sleep(2)
+    acct = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,JobName,ElapsedRaw,AllocTRES",
+                           "-S", "now-1hour", "-E", "now"], capture_output=True, text=True,
+                          timeout=30, env=slurm_cluster.env()).stdout
+    cpu = gpu = 0.0
+    jobs = set()
+    for line in acct.splitlines():
+        job_id, name, elapsed, tres = line.split("|")
+        if name.startswith(f"{experiment}:"):
+            jobs.add(job_id)
+            parts = dict(p.split("=", 1) for p in tres.split(",") if "=" in p)
+            cpu += int(elapsed) * int(parts.get("cpu", 0)) / 3600
+            gpu += int(elapsed) * int(parts.get("gres/gpu", 0)) / 3600
+    rows = list(csv.DictReader((tmp_path / experiment / "cost.csv").open()))
+    assert len(jobs) == 3 and {r["job_id"] for r in rows[:-1]} == jobs  # the orphan is a row
+    share = [(r["state"], r["kept"]) for r in rows if r["stage"] == "share/baseline/seed-2"]
+    assert sorted(share) == [("CANCELLED", "no"), ("COMPLETED", "yes")], rows
+    assert cpu > 0 and abs(float(rows[-1]["cpu_hours"]) - cpu) < 1e-5
+    assert abs(float(rows[-1]["gpu_hours"]) - gpu) < 1e-5

@@ -62,6 +62,31 @@ def test_the_exception_line_is_the_last_line_of_the_last_traceback(tmp_path):
     assert exception_line(tmp_path / "missing.err") == "" and exception_line(None) == ""
 
 
+def test_the_exception_line_reads_every_ranks_log_whatever_the_prefix(tmp_path):
+    interleaved = tmp_path / "job.out"  # one log of srun's tasks: rank 1 failed first
+    interleaved.write_text(
+        "[rank1]: Traceback (most recent call last):\n[rank1]:   File \"t.py\", line 3\n"
+        "[rank0]: Traceback (most recent call last):\n[rank1]:     raise ValueError('boom')\n"
+        "[rank1]: ValueError: boom\n[rank0]:   File \"t.py\", line 9\n"
+        "[rank0]: RuntimeError: Connection closed by peer\nE1207 agent: failed\n"
+        "Traceback (most recent call last):\n  File \"torchrun\"\nChildFailedError: t.py FAILED\n")
+    assert exception_line(interleaved) == "[rank 1] ValueError: boom"
+    rank0, rank1 = tmp_path / "7_0_log.err", tmp_path / "7_1_log.err"  # submitit: one per task
+    rank0.write_text("INFO loading\n")
+    rank1.write_text("[rank1]: Traceback (most recent call last):\n[rank1]:   File \"x\"\n"
+                     "[rank1]: KeyError: 'input_ids'\n")
+    assert exception_line(rank0) == "[rank 1] KeyError: 'input_ids'"
+
+
+def test_sacct_array_range_records_stand_for_each_task_that_never_started():
+    text = ("41_0|COMPLETED|12|n1|0:0|None|cpu=2|2\n"
+            "41_[1-2,4%2]|CANCELLED by 0|0|None assigned|0:0|None||0\n")
+    info = parse_sacct(text)
+    assert sorted(info) == ["41_0", "41_1", "41_2", "41_4"]
+    assert {info[t].state for t in ("41_1", "41_2", "41_4")} == {"CANCELLED by 0"}
+    assert info["41_0"].elapsed_s == 12.0 and info["41_1"].elapsed_s == 0.0
+
+
 def test_a_status_row_says_why_a_job_waits_how_a_job_failed_and_what_blocks_the_rest(make_cfg):
     graph = build_graph(make_cfg(seeds=[1]))
     jobs = manifest_jobs(graph)
