@@ -168,6 +168,17 @@ class DPOConfig(TrainConfig):
         """The beta of DPO seed `seed`: `betas[seed]`, else `beta`."""
         return self.betas.get(str(seed), self.beta)
 
+    def seed_structure(self, seeds: list[int]) -> str:
+        """Which SFT run each DPO run continues and its beta, in words (table captions, plan)."""
+        if self.sft_seed is None:
+            chains = "independent chains (DPO seed s continues the SFT adapter of seed s)"
+        else:
+            chains = f"every DPO run continues the SFT adapter of seed {self.sft_seed}"
+        betas = {s: self.beta_of(s) for s in seeds}
+        if len(set(betas.values())) == 1:
+            return f"{chains}; beta {self.beta_of(seeds[0]):g}"
+        return f"{chains}; beta per seed " + ", ".join(f"{s}: {b:g}" for s, b in betas.items())
+
 
 @dataclass
 class GenerationConfig:

@@ -390,17 +390,6 @@ def dpo_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
     return cfg if beta == cfg.dpo.beta else cfg.with_overrides({"dpo.beta": beta})
 
 
-def seed_structure(cfg: ExperimentConfig) -> str:
-    """One line on which SFT run each DPO run continues and its beta (captions, plan, dry run)."""
-    if cfg.dpo.sft_seed is None:
-        chains = "independent chains: DPO seed s continues the SFT adapter of seed s"
-    else:
-        chains = f"every DPO run continues the SFT adapter of seed {cfg.dpo.sft_seed}"
-    betas = sorted({cfg.dpo.beta_of(s) for s in cfg.seeds})
-    per_seed = ", ".join(f"{s}: {cfg.dpo.beta_of(s):g}" for s in cfg.seeds)
-    return chains + (f"; beta per seed {per_seed}" if len(betas) > 1 else f"; beta {betas[0]:g}")
-
-
 def with_fingerprints(ordered: list[Stage]) -> dict[str, Stage]:
     """The stages (dependencies first) with their fingerprints: the fields their kind depends on,
     models and data by content, and the fingerprints of the stages they read."""

@@ -30,7 +30,8 @@ CADENCE = ("logging_steps", "save_steps", "save_total_limit", "per_device_train_
 NOT_TRAINING_DATA = ("data.eval_split", "data.max_eval_examples")
 SHARED_FILE = "shared_from.json"
 # What a baseline share copies (those present): the eval outputs of a run directory.
-SHARED_OUTPUTS = ("predictions.jsonl", "metrics.json", "epitome_items.jsonl", "mmlu_results.json")
+SHARED_OUTPUTS = ("predictions.jsonl", "metrics.json", "epitome_items.jsonl",
+                  "bertscore_items.jsonl", "mmlu_results.json")
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,8 @@ REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
               outputs=("epitome_items.jsonl",), metrics=("diff_er", "diff_ex", "diff_ip"),
               depends_on=("eval.epitome",), ignores=("eval.epitome.batch_size",)),
     StageKind("bertscore", _bertscore, job="eval", resources="eval", time_key="eval",
-              metrics=("fbert",), depends_on=("eval.bertscore",),
+              metrics=("fbert",), outputs=("bertscore_items.jsonl",),
+              depends_on=("eval.bertscore",),
               ignores=("eval.bertscore.batch_size",)),
     StageKind("mmlu", _mmlu, job="eval", resources="eval", time_key="eval",
               outputs=("mmlu_results.json",), metrics=("mmlu",),
@@ -162,7 +164,8 @@ REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
     StageKind("share", _share, job="share", resources="cpu", time_key="aggregate",
               outputs=SHARED_OUTPUTS + (SHARED_FILE,)),
     StageKind("aggregate", _aggregate, job="aggregate", resources="cpu", time_key="aggregate",
-              outputs=("table.csv", "table.md", "table.tex", "compare.csv", "compare.md")),
+              outputs=("table.csv", "table.md", "table.tex", "compare.csv", "compare.md",
+                       "correlations.csv")),
 )}
 TRAINING = tuple(k for k, v in REGISTRY.items() if v.resources == "training")
 EVALUATION = tuple(k for k, v in REGISTRY.items() if v.job == "eval")  # one eval job's stages

@@ -36,6 +36,23 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str 
               num_layers: int | None = None, batch_size: int = 64,
               rescale_with_baseline: bool = False, device: str | None = None) -> dict[str, float]:
     """Mean F1 (`fbert`), precision and recall over the pairs."""
+    return mean_scores(bertscore_items(predictions, references, model, num_layers, batch_size,
+                                       rescale_with_baseline, device))
+
+
+def mean_scores(items: Sequence[dict[str, float]]) -> dict[str, float]:
+    """`fbert`, `bertscore_precision`, `bertscore_recall`: the means of per-pair scores."""
+    n = len(items)
+    return {"fbert": sum(i["fbert"] for i in items) / n,
+            "bertscore_precision": sum(i["precision"] for i in items) / n,
+            "bertscore_recall": sum(i["recall"] for i in items) / n}
+
+
+def bertscore_items(predictions: Sequence[str], references: Sequence[str],
+                    model: str = "roberta-large", num_layers: int | None = None,
+                    batch_size: int = 64, rescale_with_baseline: bool = False,
+                    device: str | None = None) -> list[dict[str, float]]:
+    """Per pair: F1 (`fbert`), precision and recall, in input order."""
     if len(predictions) != len(references):
         raise EvalError("BERTScore: predictions and references differ in length")
     if not predictions:
@@ -60,5 +77,5 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str 
                                       **kwargs)
     except OSError as err:
         raise EvalError(f"cannot load BERTScore model '{model}' ({err})") from None
-    return {"fbert": f1.mean().item(), "bertscore_precision": precision.mean().item(),
-            "bertscore_recall": recall.mean().item()}
+    return [{"fbert": f, "precision": p, "recall": r}
+            for f, p, r in zip(f1.tolist(), precision.tolist(), recall.tolist())]

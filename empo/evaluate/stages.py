@@ -58,14 +58,19 @@ def epitome_file(predictions: Path, checkpoints: Path, encoder: str = "roberta-b
 
 def bertscore_file(predictions: Path, model: str = "roberta-large", num_layers: int | None = None,
                    batch_size: int = 64, rescale_with_baseline: bool = False,
-                   drop_empty: bool = False) -> dict[str, float]:
-    """BERTScore (fbert, precision, recall) of a predictions file."""
-    from empo.evaluate.bertscore import bertscore
+                   drop_empty: bool = False, per_item: Path | None = None) -> dict[str, float]:
+    """BERTScore (fbert, precision, recall) of a predictions file; per-pair scores written to
+    `per_item` when given (a line per scored row, in epitome_items.jsonl's order)."""
+    from empo.evaluate.bertscore import bertscore_items, mean_scores
 
     rows = scored_rows(read_jsonl(predictions, ("prediction", "reference"), what="predictions"),
                        drop_empty)
-    return bertscore([r["prediction"] for r in rows], [r["reference"] for r in rows], model,
-                     num_layers, batch_size, rescale_with_baseline)
+    items = bertscore_items([r["prediction"] for r in rows], [r["reference"] for r in rows],
+                            model, num_layers, batch_size, rescale_with_baseline)
+    if per_item is not None:
+        atomic_write_jsonl(Path(per_item), [{"conv_id": row.get("conv_id", i), **item}
+                                            for i, (row, item) in enumerate(zip(rows, items))])
+    return mean_scores(items)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -174,7 +179,7 @@ def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
 
 
 def bertscore_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """BERTScore F1/P/R of run_dir/predictions.jsonl."""
+    """BERTScore F1/P/R of run_dir/predictions.jsonl (+ per-pair scores in bertscore_items.jsonl)."""
     run_dir = Path(run_dir)
     if is_done(run_dir, "bertscore"):
         return _stored(run_dir, BERTSCORE_KEYS)
@@ -182,7 +187,8 @@ def bertscore_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     metrics = bertscore_file(run_dir / PREDICTIONS, cfg.local_or_name(settings.model),
                              settings.num_layers, settings.batch_size,
                              settings.rescale_with_baseline,
-                             drop_empty=cfg.eval.drop_empty_predictions)
+                             drop_empty=cfg.eval.drop_empty_predictions,
+                             per_item=run_dir / "bertscore_items.jsonl")
     return _finish(run_dir, "bertscore", metrics)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from empo.config import ExperimentConfig, read_experiment
 from empo.errors import EmpoError
 from empo.reader import ReadError, read_json
-from empo.results import table
+from empo.results import correlation, table
 from empo.results.compare import compare_rows, read_table_csv
 from empo.results.compare import to_csv as compare_csv
 from empo.results.compare import to_markdown as compare_markdown
@@ -171,12 +171,18 @@ def aggregate(experiment_dir: Path, cfg: ExperimentConfig | None = None, skip_ba
     an error leaves no new or partial table behind.
     """
     experiment_dir = Path(experiment_dir)
-    rows, _ = load_rows(experiment_dir, cfg, skip_bad)
+    cfg = cfg if cfg is not None else read_experiment(experiment_dir)
+    rows, runs = load_rows(experiment_dir, cfg, skip_bad)
+    structure = (cfg.dpo.seed_structure(cfg.seeds)
+                 if cfg is not None and "sft_dpo" in cfg.sweep.variants else "")
     outputs = {
         "table.csv": table.to_csv(rows),
-        "table.md": table.to_markdown(rows),
-        "table.tex": table.to_latex(rows),
+        "table.md": table.to_markdown(rows, structure),
+        "table.tex": table.to_latex(rows, structure),
     }
+    found = correlation.correlations(experiment_dir, runs, [row.variant for row in rows])
+    if found:  # FBert and diff-EPITOME both measured
+        outputs[correlation.FILE] = correlation.to_csv(found)
     if compare is not None:
         comparisons = compare_rows(rows, read_table_csv(Path(compare)))
         outputs["compare.csv"] = compare_csv(comparisons)

@@ -129,15 +129,17 @@ def variant_label_md(variant: str) -> str:
     return VARIANT_LABELS.get(variant) or f"`{_md_escape(variant)}`"
 
 
-def to_markdown(rows: Sequence[Row]) -> str:
-    """The paper's Table 1 as a Markdown table, with a caption line and the gaps listed."""
+def to_markdown(rows: Sequence[Row], structure: str = "") -> str:
+    """The paper's Table 1 as a Markdown table, with a caption line (ending with `structure`, the
+    seed structure that made it) and the gaps listed."""
     arrows = {True: "↑", False: "↓"}
     header = ["Model", "n"] + [f"{LABELS[m]} {arrows[HIGHER_IS_BETTER[m]]}" for m in METRICS]
     lines = ["| " + " | ".join(header) + " |",
              "|:--|--:|" + ":-:|" * len(METRICS)]
     for row, line in zip(rows, cells(rows, ("**", "**"), "±", "—", DAGGER)):
         lines.append("| " + " | ".join([variant_label_md(row.variant), str(row.n)] + line) + " |")
-    lines += ["", "Mean ± SD (sample SD over seeds); n: seed runs read; **bold**: best per column."]
+    lines += ["", "Mean ± SD (sample SD over seeds); n: seed runs read; **bold**: best per column."
+              + (f" Seeds: {structure}." if structure else "")]
     notes = gap_notes(rows)
     if notes:
         lines += [f"{DAGGER} incomplete — " + "; ".join(notes)]
@@ -159,7 +161,7 @@ def variant_label_tex(variant: str) -> str:
     return VARIANT_LABELS.get(variant) or rf"\texttt{{{tex_escape(variant)}}}"
 
 
-def to_latex(rows: Sequence[Row]) -> str:
+def to_latex(rows: Sequence[Row], structure: str = "") -> str:
     """The paper's Table 1 as a LaTeX table (needs \\usepackage{booktabs})."""
     arrows = {True: r"$\uparrow$", False: r"$\downarrow$"}
     header = ["Model", "$n$"] + [f"{LABELS[m]} {arrows[HIGHER_IS_BETTER[m]]}" for m in METRICS]
@@ -175,6 +177,8 @@ def to_latex(rows: Sequence[Row]) -> str:
     for row, line in zip(rows, cells(rows, (r"\textbf{", "}"), r"$\pm$", "--", r"$^\dagger$")):
         lines.append(" & ".join([variant_label_tex(row.variant), str(row.n)] + line) + r" \\")
     caption = r"Mean $\pm$ SD (sample SD over seeds); $n$: seed runs; best per column in bold."
+    if structure:
+        caption += " Seeds: " + tex_escape(structure) + "."
     notes = gap_notes(rows)
     if notes:
         caption += r" $^\dagger$Incomplete: " + tex_escape("; ".join(notes)) + "."
