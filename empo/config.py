@@ -648,6 +648,9 @@ def from_dict(raw: dict[str, Any], root: Path | None = None) -> ExperimentConfig
     root = root or Path.cwd()
     cluster = raw.get("cluster")
     if isinstance(cluster, dict) and cluster.get("profile"):
+        if not isinstance(cluster["profile"], str):
+            raise ConfigError(f"cluster.profile: {cluster['profile']!r} is not the path of a "
+                              "profile YAML")
         profile = read_yaml(resolve_path(cluster["profile"], root))
         profile.pop("profile", None)
         raw["cluster"] = _deep_merge(profile, cluster)

@@ -25,12 +25,13 @@ from empo.hub import hub_environment
 from empo.launch.containers import check_container, container_command
 from empo.launch.manifest import now, record_jobs
 from empo.launch.resources import job_resources
+from empo.stages import REGISTRY, default_variant, evaluation_kinds, training_kinds
 from empo.quoting import shell_words
 
 log = logging.getLogger(__name__)
 
-WRAPPERS = ("sft", "dpo", "eval", "aggregate", "pipeline")
-DEFAULT_VARIANT = {"sft": "sft", "dpo": "sft_dpo"}
+# jobs/train.sbatch CONFIG stage=KIND runs any training stage (sft.sbatch, dpo.sbatch: shortcuts)
+TRAIN = "train"
 # per task, inside the allocation: torchrun-style env from the task's SLURM variables
 TASK_ENV = ('export RANK=${SLURM_PROCID:-0} LOCAL_RANK=${SLURM_LOCALID:-0} '
             'WORLD_SIZE=${SLURM_NTASKS:-1} LOCAL_WORLD_SIZE=${SLURM_NTASKS_PER_NODE:-1}; exec "$@"')
@@ -57,9 +58,15 @@ class WrapperArgs:
         return self.kind == "aggregate" and Path(self.config).is_dir()
 
 
+def wrappers() -> tuple[str, ...]:
+    """The wrapper kinds: train (any training stage, `stage=KIND`), each training stage's own
+    shortcut, eval, aggregate and pipeline."""
+    return (TRAIN, *training_kinds(), "eval", "aggregate", "pipeline")
+
+
 def parse_wrapper_args(kind: str, argv: list[str]) -> WrapperArgs:
-    if kind not in WRAPPERS:
-        raise LaunchError(f"unknown wrapper {kind!r}; allowed: {', '.join(WRAPPERS)}")
+    if kind not in wrappers():
+        raise LaunchError(f"unknown wrapper {kind!r}; allowed: {', '.join(wrappers())}")
     if not argv or "=" in argv[0] or argv[0].startswith("-"):
         raise LaunchError(f"usage: sbatch [SBATCH OPTIONS] jobs/{kind}.sbatch CONFIG [seed=S] "
                           "[KEY=VALUE ...]")
@@ -76,6 +83,8 @@ def parse_wrapper_args(kind: str, argv: list[str]) -> WrapperArgs:
             args.rest.append(word)
     if kind == "eval" and not args.variant:
         raise LaunchError("eval.sbatch needs variant=V (baseline, sft, sft_dpo or a sweep point)")
+    if kind == TRAIN and args.stage not in training_kinds():
+        raise LaunchError(f"train.sbatch needs stage=KIND, one of: {', '.join(training_kinds())}")
     return args
 
 
@@ -88,7 +97,7 @@ def stage_argv(args: WrapperArgs) -> list[str]:
     if args.kind == "aggregate":
         return ["stage", "aggregate", args.config, *args.rest]
     stage = args.stage or args.kind
-    opts = ["--variant", args.variant or DEFAULT_VARIANT.get(args.kind, "")]
+    opts = ["--variant", args.variant or default_variant(stage) or ""]
     if args.seed is not None:
         opts += ["--seed", str(args.seed)]
     return ["stage", stage, args.config, *args.rest, *opts]
@@ -103,8 +112,9 @@ def job_name(cfg: ExperimentConfig, stage: str, variant: str | None = None,
 
 
 def tasks_per_node(kind: str, env: dict[str, str]) -> int:
-    """Training: one task per GPU of the node (EMPO_TASKS_PER_NODE overrides); else one."""
-    if kind not in ("sft", "dpo"):
+    """A stage kind with `tasks_per_gpu` (training): one task per GPU of the node
+    (EMPO_TASKS_PER_NODE overrides); else one."""
+    if kind not in REGISTRY or not REGISTRY[kind].tasks_per_gpu:
         return 1
     value = env.get("EMPO_TASKS_PER_NODE") or env.get("SLURM_GPUS_ON_NODE") or "1"
     return max(1, int(value)) if value.isdigit() else 1
@@ -148,7 +158,7 @@ def build_launch(cfg: ExperimentConfig | None, args: WrapperArgs, env: dict[str,
         prefix, python, srun_args = [], [sys.executable], []
     empo = shlex.split(env["EMPO_BIN"]) if env.get("EMPO_BIN") else [*python, "-m", "empo.cli"]
     command = [*prefix, *empo, *stage_argv(args)]
-    per_node = tasks_per_node(args.kind, env)
+    per_node = tasks_per_node(args.stage or args.kind, env)
     if env.get("SLURM_JOB_ID") and shutil.which("srun"):
         nodes = int(env.get("SLURM_JOB_NUM_NODES") or 1)
         srun = ["srun", f"--nodes={nodes}", f"--ntasks-per-node={per_node}",
@@ -180,15 +190,15 @@ def wrapper_config(args: WrapperArgs) -> ExperimentConfig | None:
 def stage_keys(cfg: ExperimentConfig, args: WrapperArgs) -> list[str]:
     """The graph stages the job runs (its manifest entries); [] for the pipeline wrapper."""
     from empo.pipeline import build_graph
-    from empo.stages import EVALUATION
 
     if args.kind == "pipeline" or args.results_dir_mode:
         return []
     graph = build_graph(cfg)
     if args.kind == "aggregate":
         return ["aggregate"] if "aggregate" in graph.stages else []
-    variant = args.variant or DEFAULT_VARIANT.get(args.kind)
-    kinds = EVALUATION if (args.stage or args.kind) == "eval" else (args.stage or args.kind,)
+    variant = args.variant or default_variant(args.stage or args.kind)
+    stage = args.stage or args.kind
+    kinds = evaluation_kinds() if stage == "eval" else (stage,)
     keys = [s.key for s in graph if s.kind in kinds and s.variant == variant and s.seed == args.seed]
     share = f"share/{variant}/seed-{args.seed}"
     return keys or ([share] if share in graph.stages else [])
@@ -204,7 +214,7 @@ def register_running_job(cfg: ExperimentConfig, args: WrapperArgs, env: dict[str
     """Name this SLURM job after its stage and record it in the manifest; returns the name."""
     stage = args.stage or args.kind
     name = (job_name(cfg, stage) if args.kind in ("aggregate", "pipeline")
-            else job_name(cfg, stage, args.variant or DEFAULT_VARIANT.get(args.kind), args.seed))
+            else job_name(cfg, stage, args.variant or default_variant(stage), args.seed))
     job_id = env["SLURM_JOB_ID"]
     if env.get("SLURM_ARRAY_TASK_ID"):
         job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
@@ -249,16 +259,22 @@ def run_wrapper(kind: str, argv: list[str], dry_run: bool = False) -> int:
 
 # ------------------------------------------------------------------------------ submit-all
 
-def wrapper_call(unit: Any, config: str, overrides: list[str]) -> tuple[str, list[str]]:
-    """(wrapper, its arguments) running one job of the plan (launch/jobs.py's Unit)."""
+def wrapper_call(unit: Any, config: str, overrides: list[str],
+                 jobs_dir: Path | None = None) -> tuple[str, list[str]]:
+    """(wrapper, its arguments) running one job of the plan (launch/jobs.py's Unit): a training
+    stage through its own jobs/KIND.sbatch where `jobs_dir` has one, else jobs/train.sbatch."""
     if unit.kind == "aggregate":
         return "aggregate", [config, *overrides]
     wrapper = "eval" if unit.kind in ("eval", "share") else unit.kind
-    if wrapper not in WRAPPERS:
+    stage = []
+    if wrapper in training_kinds() and jobs_dir is not None \
+            and not (jobs_dir / f"{wrapper}.sbatch").exists():
+        wrapper, stage = TRAIN, [f"stage={unit.kind}"]
+    if wrapper not in wrappers():
         raise LaunchError(f"no jobs/*.sbatch wrapper runs {unit.key} (job kind {unit.kind}); "
                           "queue this experiment with `empo submit`")
-    extra = [] if DEFAULT_VARIANT.get(wrapper) == unit.variant else [f"variant={unit.variant}"]
-    return wrapper, [config, *overrides, *extra, f"seed={unit.seed}"]
+    extra = [] if default_variant(unit.kind) == unit.variant else [f"variant={unit.variant}"]
+    return wrapper, [config, *overrides, *stage, *extra, f"seed={unit.seed}"]
 
 
 def submit_all(cfg: ExperimentConfig, config: str, overrides: list[str], jobs_dir: Path,
@@ -279,9 +295,10 @@ def submit_all(cfg: ExperimentConfig, config: str, overrides: list[str], jobs_di
     ids: dict[str, str] = {}
     entries: dict[str, dict[str, Any]] = {}
     for unit in units:
-        wrapper, wargs = wrapper_call(unit, config, overrides)
+        wrapper, wargs = wrapper_call(unit, config, overrides, jobs_dir)
         name = (job_name(cfg, "aggregate") if unit.kind == "aggregate"
-                else job_name(cfg, wrapper, unit.variant, unit.seed))
+                else job_name(cfg, unit.kind if wrapper == TRAIN else wrapper, unit.variant,
+                              unit.seed))
         options = job_resources(cfg, unit.kind, name).sbatch_options()
         options += [f"--output={logs}/%x-%j.out", "--kill-on-invalid-dep=yes"]
         if unit.deps:

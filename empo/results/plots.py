@@ -3,7 +3,8 @@
 fig1: MMLU vs LoRA α (sweep over `lora.lora_alpha`); fig2: diff-EPITOME (ER, EX, IP) vs LoRA r on
 a log2 axis (sweep over `lora.r`, α zipped with it or fixed); fig3: mean, min–max spread and per-seed points of the average
 diff-EPITOME vs DPO β (sweep over `dpo.beta`); train_<variant>: loss (and DPO rewards/margins,
-rewards/accuracies) per seed from train_log.jsonl. A point's x value comes from the resolved config
+rewards/accuracies) per seed from train_log.jsonl; fbert_vs_diff_epitome: the scatter behind
+correlations.csv. A point's x value comes from the resolved config
 (experiment.yaml) through `expand_sweep`, never from a variant's name. Figures without data are
 skipped with a note on stderr. matplotlib is used through its object API with the Agg canvas.
 """
@@ -267,6 +268,43 @@ def plot_training(experiment_dir: Path, variants: Sequence[str], out_dir: Path) 
     return written
 
 
+def plot_correlation(experiment_dir: Path, variants: Sequence[str], runs: Runs,
+                     out_dir: Path) -> list[Path]:
+    """fbert_vs_diff_epitome.png: per ER/EX/IP panel, FBert against the squared level difference
+    of every scored prediction (small points) and against each run's diff-EPITOME (large), per
+    variant; correlations.csv (`empo aggregate`) holds the coefficients."""
+    from empo.results.correlation import DIMENSIONS, example_points
+
+    body = []
+    for variant in variants:
+        for seed in sorted(runs.get(variant, {})):
+            run = experiment_dir / "runs" / variant / f"seed-{seed}"
+            body += [[variant, seed, "example", fbert, *(diffs[f"diff_{d}"] for d in DIMENSIONS)]
+                     for fbert, diffs in example_points(run)]
+            metrics = runs[variant][seed]
+            if "fbert" in metrics and all(f"diff_{d}" in metrics for d in DIMENSIONS):
+                body.append([variant, seed, "run", metrics["fbert"],
+                             *(metrics[f"diff_{d}"] for d in DIMENSIONS)])
+    if not body:
+        _note("fbert_vs_diff_epitome skipped: no run with both FBert and diff-EPITOME")
+        return []
+    fig = _new_figure(len(DIMENSIONS))
+    for i, d in enumerate(DIMENSIONS, start=1):
+        ax = fig.add_subplot(1, len(DIMENSIONS), i)
+        for k, variant in enumerate(v for v in variants if any(r[0] == v for r in body)):
+            for level, size, alpha in (("example", 6, 0.25), ("run", 40, 0.9)):
+                rows = [r for r in body if r[0] == variant and r[2] == level]
+                ax.scatter([r[3] for r in rows], [r[3 + i] for r in rows], s=size, alpha=alpha,
+                           color=f"C{k}", label=f"{variant} ({level})" if rows else None)
+        ax.set(xlabel="FBert ↑", ylabel=f"diff-{d.upper()} ↓ (per example: (pred − ref)²)",
+               title=f"FBert vs diff-{d.upper()}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    header = ["variant", "seed", "level", "fbert", *(f"diff_{d}" for d in DIMENSIONS)]
+    return _save(fig, out_dir / "fbert_vs_diff_epitome.png",
+                 {out_dir / "fbert_vs_diff_epitome.csv": csv_text(header, body)})
+
+
 def plot(experiment_dir: Path, cfg: ExperimentConfig | None = None,
          skip_bad: bool = False) -> list[Path]:
     """Write every figure the run store has data for under plots/ (PNG + CSV); returns the PNGs."""
@@ -286,5 +324,7 @@ def plot(experiment_dir: Path, cfg: ExperimentConfig | None = None,
         for spec in FIGURES:
             written += plot_sweep(spec, points, runs, out_dir)
         written += plot_beta(points, runs, out_dir)
-    written += plot_training(experiment_dir, variant_order(cfg, set(dirs) | set(runs)), out_dir)
+    order = variant_order(cfg, set(dirs) | set(runs))
+    written += plot_training(experiment_dir, order, out_dir)
+    written += plot_correlation(experiment_dir, order, runs, out_dir)
     return written

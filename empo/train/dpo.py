@@ -84,30 +84,33 @@ class LengthCaps(NamedTuple):
     max_prompt_length: int   # the percentile of the prompt lengths
 
 
-def preference_dataset(cfg: "ExperimentConfig", seed: int,
-                       tokenizer: Any = None) -> tuple["Dataset", LengthCaps | None]:
-    """All draws of preference pairs for `seed` (rows of draw k have epoch == k), and the length
-    caps of `dpo.length_percentile` (None when unset; then `tokenizer` is not needed)."""
+def preference_dataset(cfg: "ExperimentConfig", seed: int, tokenizer: Any = None,
+                       stage: str = "dpo") -> tuple["Dataset", LengthCaps | None]:
+    """All draws of preference pairs for `seed`, one per epoch of training section `stage` (rows
+    of draw k have epoch == k), and the length caps of its `length_percentile` (None when it is
+    unset or the section has none; then `tokenizer` is not needed)."""
     from datasets import Dataset
 
     from empo.data.ed import load_dialogues
     from empo.data.emotions import load_table
     from empo.data.preference import preference_pairs
 
+    section = getattr(cfg, stage)
     loaded = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
     table = load_table(cfg.resolve(cfg.data.emotion_table))
     rows = preference_pairs(
-        loaded.columns, table, epochs=cfg.dpo.num_train_epochs, seed=seed,
-        sampling=cfg.data.sampling, system_prompt=cfg.system_prompt("dpo"),
+        loaded.columns, table, epochs=section.num_train_epochs, seed=seed,
+        sampling=cfg.data.sampling, system_prompt=cfg.system_prompt(stage),
         where=f"{cfg.data.source} ({cfg.data.train_split})",
     )
     if not rows:
         raise TrainError(f"data.source {cfg.data.source}: no preference pairs in {cfg.data.train_split!r}")
     cutoff = None
-    if cfg.dpo.length_percentile is not None:
-        rows, cutoff = drop_long_pairs(rows, tokenizer, cfg.dpo.length_percentile)
+    percentile = getattr(section, "length_percentile", None)
+    if percentile is not None:
+        rows, cutoff = drop_long_pairs(rows, tokenizer, percentile)
         if not rows:
-            raise TrainError(f"dpo.length_percentile {cfg.dpo.length_percentile} left no pairs")
+            raise TrainError(f"{stage}.length_percentile {percentile} left no pairs")
     return Dataset.from_list(rows), cutoff
 
 

@@ -156,3 +156,16 @@ def test_aggregate_writes_correlations_of_the_scored_runs(scored):
                 assert row[name] == ""
             else:
                 assert float(row[name]) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_plot_draws_the_scatter_of_the_scored_runs(scored):
+    from empo.results.plots import plot
+
+    written = plot(scored.experiment_dir, scored)
+    png = scored.experiment_dir / "plots" / "fbert_vs_diff_epitome.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(png.with_suffix(".csv"))))
+    runs = len(scored.seeds) * 3
+    assert sum(r["level"] == "run" for r in rows) == runs
+    assert sum(r["level"] == "example" for r in rows) == runs * (len(REPLIES) - 1)
