@@ -285,8 +285,9 @@ def plot_correlation(experiment_dir: Path, variants: Sequence[str], runs: Runs,
             if "fbert" in metrics and all(f"diff_{d}" in metrics for d in DIMENSIONS):
                 body.append([variant, seed, "run", metrics["fbert"],
                              *(metrics[f"diff_{d}"] for d in DIMENSIONS)])
-    if not body:
-        _note("fbert_vs_diff_epitome skipped: no run with both FBert and diff-EPITOME")
+    if not any(row[2] == "example" for row in body):
+        _note("fbert_vs_diff_epitome skipped: no run with per-example scores "
+              "(epitome_items.jsonl and bertscore_items.jsonl)")
         return []
     fig = _new_figure(len(DIMENSIONS))
     for i, d in enumerate(DIMENSIONS, start=1):
