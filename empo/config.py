@@ -15,15 +15,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from empo.errors import ConfigError
 from empo.executors import EXECUTORS, SlurmOptions
 from empo.options import attention_problem
-from empo.stages import METRIC_STAGES
-from empo.trainer_fields import TRL_CONFIGS
+from empo.metrics import metric_stages
+from empo.trainer_fields import REFUSED, trl_fields
 from empo.validate import (check_name, check_override_text, check_range, check_text, load_yaml,
                            read_text)
 
@@ -138,6 +138,8 @@ class TrainConfig:
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning on whole dialogues, loss on listener turns (paper: 1 epoch, lr 1e-5)."""
 
+    trl_config: ClassVar[str] = "trainer/sft_config.py:SFTConfig"  # file:class in the trl package
+
 
 @dataclass
 class DPOConfig(TrainConfig):
@@ -156,6 +158,7 @@ class DPOConfig(TrainConfig):
     betas: seed -> beta of that seed's DPO run (seeds not listed: `beta`), e.g. {3: 0.0249}.
     """
 
+    trl_config: ClassVar[str] = "trainer/dpo_config.py:DPOConfig"
     num_train_epochs: int = 3
     beta: float = 0.025
     loss_type: str = "sigmoid"
@@ -328,6 +331,9 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # the trained rows of the table besides the baseline, each the variant a training stage makes
+    # (sft, sft_dpo, ...; `empo.stages`); one that continues another's adapter brings it along
+    variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"])
     root: Path = field(default_factory=Path.cwd, repr=False, compare=False)
 
     def local_or_name(self, value: str) -> str:
@@ -343,6 +349,11 @@ class ExperimentConfig:
     def experiment_dir(self) -> Path:
         """results/<name>: the run store of this experiment."""
         return self.resolve(self.results_dir) / self.name
+
+    def training_sections(self) -> dict[str, "TrainConfig"]:
+        """The training stages' sections (sft, dpo, ...) by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), TrainConfig)}
 
     def system_prompt(self, stage: str) -> str | None:
         """The system message of `stage` (sft, dpo, eval): its own, else `data.system_prompt`;
@@ -460,11 +471,14 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _known(cls: type, stage: str) -> list[str]:
-    """The keys a section accepts: its fields, and for sft/dpo trl's config fields too."""
-    from empo.trainer_fields import trl_fields
+def _trained_by_trl(cls: type) -> bool:
+    """A training section whose unknown keys are its trl config's fields (`trl_config`)."""
+    return issubclass(cls, TrainConfig) and bool(getattr(cls, "trl_config", ""))
 
-    extra = trl_fields(stage) if issubclass(cls, TrainConfig) and stage in TRL_CONFIGS else None
+
+def _known(cls: type, stage: str) -> list[str]:
+    """The keys a section accepts: its fields, and for a training section trl's config's too."""
+    extra = trl_fields(cls.trl_config) if _trained_by_trl(cls) else None
     return sorted(set(_field_types(cls)) | set(extra or ()))
 
 
@@ -472,18 +486,16 @@ def _trl_field(cls: type, stage: str, key: str, where: str = "") -> bool:
     """Whether `key` is a field of trl's config for this training section (True where trl is not
     installed here: trl checks it at stage start); ConfigError for a field the project sets or
     one that would break its semantics, or (with `where`) for a key trl does not have."""
-    if not issubclass(cls, TrainConfig) or stage not in TRL_CONFIGS:
+    if not _trained_by_trl(cls):
         return False
-    from empo.trainer_fields import REFUSED, trl_fields
-
     if key in REFUSED:
         raise ConfigError(f"{where or f'{stage}.{key}'}: not settable ({REFUSED[key]})".replace(
             "<stage>", stage))
-    valid = trl_fields(stage)
+    valid = trl_fields(cls.trl_config)
     if valid is None or key in valid:
         return True
     if where:
-        raise ConfigError(f"{where}: not a field of trl's {TRL_CONFIGS[stage].split(':')[1]}"
+        raise ConfigError(f"{where}: not a field of trl's {cls.trl_config.split(':')[1]}"
                           f"{_closest(key, valid)}")
     return False
 
@@ -514,10 +526,8 @@ def _validate(cfg: ExperimentConfig) -> None:
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),
          "eval.epitome.train_data", cfg.eval.epitome.train_data,
          "must name the EPITOME annotation directory when eval.epitome.checkpoints is 'train'"),
-        (set(cfg.eval.metrics) <= set(METRIC_STAGES), "eval.metrics",
-         cfg.eval.metrics, f"allowed: {', '.join(METRIC_STAGES)}"),
-        (set(cfg.sweep.variants) <= {"sft", "sft_dpo"}, "sweep.variants", cfg.sweep.variants,
-         "allowed: sft, sft_dpo"),
+        (set(cfg.eval.metrics) <= set(metric_stages()), "eval.metrics",
+         cfg.eval.metrics, f"allowed: {', '.join(metric_stages())}"),
         (cfg.cluster.executor in EXECUTORS, "cluster.executor", cfg.cluster.executor,
          f"allowed: {', '.join(EXECUTORS)}"),
         (cfg.cluster.container.runtime in RUNTIMES, "cluster.container.runtime",

@@ -15,10 +15,13 @@ scorers) and the CPU stages are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from empo.config import ExperimentConfig
+from empo.config import ExperimentConfig
+from empo.data.chat import eligible, target_index
+from empo.data.ed import load_dialogues
+from empo.pipeline import build_graph
+from empo.stages import hook, memory_plan, stage_kind, training_kinds
 
 PEAK_FLOPS = 312e12     # A100 dense bf16, NVIDIA datasheet
 MFU = 0.35              # assumed sustained fraction of peak
@@ -56,33 +59,45 @@ def _counter(cfg: ExperimentConfig) -> tuple[Any, str]:
         return (lambda text: max(1, len(text) // 4)), "~4 characters per token (no tokenizer here)"
 
 
-def token_counts(cfg: ExperimentConfig) -> tuple[dict[str, int], str]:
-    """Tokens one stage of each kind processes per epoch: sft (whole dialogues), dpo (prompt +
-    chosen and prompt + rejected), generate (prompts + max_new_tokens), mmlu."""
-    from empo.data.chat import eligible, target_index
-    from empo.data.ed import load_dialogues
+class Corpus:
+    """The experiment's train and eval dialogues and a token counter, loaded once for every
+    stage's `tokens` hook."""
 
-    count, how = _counter(cfg)
-    train = eligible(load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split,
-                                    cfg.data.revision).dialogues)
-    test = eligible(load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.eval_split,
-                                   cfg.data.revision).dialogues)
-    if cfg.data.max_eval_examples is not None:
-        test = test[: cfg.data.max_eval_examples]
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.count, self.how = _counter(cfg)
+        source = cfg.local_or_name(cfg.data.source)
+        self.train = eligible(load_dialogues(source, cfg.data.train_split,
+                                             cfg.data.revision).dialogues)
+        test = eligible(load_dialogues(source, cfg.data.eval_split, cfg.data.revision).dialogues)
+        self.test = test if cfg.data.max_eval_examples is None else \
+            test[: cfg.data.max_eval_examples]
 
-    def split(d: Any) -> tuple[int, int]:
-        turns = [count(t) + TEMPLATE_TOKENS for t in d.turns]
-        cut = target_index(d)
+    def split(self, dialogue: Any) -> tuple[int, int]:
+        """(prompt tokens, target tokens) of a dialogue."""
+        turns = [self.count(t) + TEMPLATE_TOKENS for t in dialogue.turns]
+        cut = target_index(dialogue)
         return sum(turns[:cut]), turns[cut]
 
-    sft = sum(count(t) + TEMPLATE_TOKENS for d in train for t in d.turns)
-    parts = [split(d) for d in train]
+
+def training_tokens(cfg: ExperimentConfig, kind: str, corpus: Corpus) -> int:
+    """Tokens a training stage processes per epoch: whole dialogues, or with preference pairs
+    (`sequences` 2) prompt + chosen and prompt + rejected."""
+    if stage_kind(kind).sequences == 1:
+        return sum(corpus.count(t) + TEMPLATE_TOKENS for d in corpus.train for t in d.turns)
+    parts = [corpus.split(d) for d in corpus.train]
     mean_target = sum(t for _, t in parts) / max(1, len(parts))
-    dpo = int(sum(2 * prompt + target + mean_target for prompt, target in parts))
-    generate = sum(p for p, _ in (split(d) for d in test)) + \
-        len(test) * cfg.eval.generation.max_new_tokens
-    mmlu = (cfg.eval.mmlu.limit or MMLU_QUESTIONS) * MMLU_TOKENS
-    return {"sft": sft, "dpo": dpo, "generate": generate, "mmlu": mmlu}, how
+    return int(sum(2 * prompt + target + mean_target for prompt, target in parts))
+
+
+def generation_tokens(cfg: ExperimentConfig, kind: str, corpus: Corpus) -> int:
+    """Generation: the eval prompts plus max_new_tokens per prompt."""
+    prompts = sum(p for p, _ in (corpus.split(d) for d in corpus.test))
+    return prompts + len(corpus.test) * cfg.eval.generation.max_new_tokens
+
+
+def mmlu_tokens(cfg: ExperimentConfig, kind: str, corpus: Corpus) -> int:
+    """MMLU: questions x choices x 5-shot context."""
+    return (cfg.eval.mmlu.limit or MMLU_QUESTIONS) * MMLU_TOKENS
 
 
 def default_throughput(params: int) -> float:
@@ -91,33 +106,31 @@ def default_throughput(params: int) -> float:
 
 
 def estimate(cfg: ExperimentConfig, throughput: float | None = None) -> Estimate:
-    """GPU-hours of every stage of the graph that uses a GPU."""
-    from empo.pipeline import build_graph
-    from empo.train.memory import plan_memory
-
-    params = plan_memory(cfg, "sft").base_params
+    """GPU-hours of every stage of the graph with a `tokens` hook (training, generation, MMLU):
+    its tokens over the SFT rate scaled by 6 / its `flops_per_token`."""
+    params = memory_plan(cfg, training_kinds()[0]).base_params
     source = ("--throughput" if throughput else
               f"6N FLOPs/token (Kaplan et al. 2020) at {MFU:.0%} of an A100's "
               f"{PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak")
     sft_rate = throughput or default_throughput(params)
-    rates = {"sft": sft_rate, "dpo": sft_rate * 6 / 8, "generate": sft_rate * 3,
-             "mmlu": sft_rate * 3}
-    epochs = {"sft": cfg.sft.num_train_epochs, "dpo": cfg.dpo.num_train_epochs}
-    tokens, how = token_counts(cfg)
-    result = Estimate(params, sft_rate, source, tokens, counted_with=how)
+    corpus = Corpus(cfg)
+    result = Estimate(params, sft_rate, source, counted_with=corpus.how)
     for stage in build_graph(cfg):
-        if stage.kind in rates:
+        if stage_kind(stage.kind).tokens:
             result.stages[stage.kind] = result.stages.get(stage.kind, 0) + 1
     for kind, n in result.stages.items():
-        seconds = tokens[kind] * epochs.get(kind, 1) / rates[kind]
+        entry = stage_kind(kind)
+        result.tokens[kind] = hook(entry.tokens)(cfg, kind, corpus)
+        epochs = getattr(cfg, kind).num_train_epochs if entry.trains else 1
+        seconds = result.tokens[kind] * epochs / (sft_rate * 6 / entry.flops_per_token)
         result.gpu_hours[kind] = n * seconds / 3600
     return result
 
 
 def estimate_text(result: Estimate) -> str:
     lines = [f"compute estimate (whole graph): {result.total:.1f} GPU-hours",
-             f"  throughput: {result.throughput:,.0f} SFT tokens/GPU-s ({result.source}); DPO "
-             f"x6/8, generation and MMLU x3 (2N FLOPs/token)",
+             f"  throughput: {result.throughput:,.0f} SFT tokens/GPU-s ({result.source}); other "
+             f"stages x6/their FLOPs per token (with a reference 8N, generation and MMLU 2N)",
              f"  tokens counted with {result.counted_with}; base model {result.params / 1e9:.2f} B "
              "params"]
     for kind, hours in result.gpu_hours.items():

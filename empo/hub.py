@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
+from empo.stages import REGISTRY, experiment_kinds, hook
 from empo.executors import OFFLINE_BY_DEFAULT
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -93,43 +95,21 @@ def _model_or_dataset(cfg: ExperimentConfig, key: str, kind: str, value: str,
     return Asset(key, kind, value, None, revision)
 
 
-def experiment_assets(cfg: ExperimentConfig, trains: bool = True) -> list[Asset]:
-    """Every input the experiment's stages read, in graph order, each once (first key wins).
-    `trains`: the graph still has training stages (their data and DeepSpeed configs count)."""
+def experiment_assets(cfg: ExperimentConfig, kinds: Iterable[str] | None = None) -> list[Asset]:
+    """Every input the stages of `kinds` read (default: every stage kind of the experiment): the
+    base model, the dataset and its files, then each kind's own (its registry `assets` hook), in
+    registry order, each once (first key wins)."""
+    chosen = set(experiment_kinds(cfg) if kinds is None else kinds)
     assets = [_model_or_dataset(cfg, "model.name_or_path", "model", cfg.model.name_or_path),
               _model_or_dataset(cfg, "data.source", "dataset", cfg.data.source,
                                 getattr(cfg.data, "revision", None))]
     files = [("data.emotion_table", cfg.data.emotion_table)]
     if cfg.model.chat_template:
         files.append(("model.chat_template", cfg.model.chat_template))
-    if trains:
-        for section in ("sft", "dpo"):
-            name = getattr(cfg, section).deepspeed
-            if name and name != "none":
-                files.append((f"{section}.deepspeed",
-                              name if name.endswith(".json") else f"empo:deepspeed/{name}.json"))
     assets += [Asset(key, "file", value, cfg.resolve(value)) for key, value in files]
-    metrics = cfg.eval.metrics
-    if "epitome" in metrics:
-        epitome = cfg.eval.epitome
-        if epitome.checkpoints == "train":
-            assets.append(Asset("eval.epitome.train_data", "directory", epitome.train_data or "",
-                                cfg.resolve(epitome.train_data or "")))
-        else:
-            value = epitome.checkpoints or ""
-            assets.append(Asset("eval.epitome.checkpoints", "epitome", value,
-                                cfg.resolve(value) if value else None))
-        assets.append(_model_or_dataset(cfg, "eval.epitome.encoder", "model", epitome.encoder))
-        assets.append(_model_or_dataset(cfg, "eval.epitome.tokenizer", "model", epitome.tokenizer))
-    if "bertscore" in metrics:
-        assets.append(_model_or_dataset(cfg, "eval.bertscore.model", "model",
-                                        cfg.eval.bertscore.model))
-    if "mmlu" in metrics:
-        mmlu = cfg.eval.mmlu
-        if mmlu.include_path:
-            assets.append(Asset("eval.mmlu.include_path", "directory", mmlu.include_path,
-                                cfg.resolve(mmlu.include_path)))
-        assets.append(Asset("eval.mmlu.tasks", "lm-eval", ",".join(mmlu.tasks), None))
+    for name, entry in REGISTRY.items():
+        if name in chosen and entry.assets:
+            assets += hook(entry.assets)(cfg, name)
     seen: set[tuple[str, str]] = set()
     unique = []
     for asset in assets:
@@ -138,6 +118,44 @@ def experiment_assets(cfg: ExperimentConfig, trains: bool = True) -> list[Asset]
             seen.add(ident)
             unique.append(asset)
     return unique
+
+
+def training_assets(cfg: ExperimentConfig, kind: str) -> list[Asset]:
+    """A training stage's DeepSpeed config (`<kind>.deepspeed`: a preset or a JSON path)."""
+    name = getattr(cfg, kind).deepspeed
+    if not name or name == "none":
+        return []
+    value = name if name.endswith(".json") else f"empo:deepspeed/{name}.json"
+    return [Asset(f"{kind}.deepspeed", "file", value, cfg.resolve(value))]
+
+
+def epitome_assets(cfg: ExperimentConfig, kind: str) -> list[Asset]:
+    """diff-EPITOME: the classifiers (or their training data) and the RoBERTa encoder/tokenizer."""
+    epitome = cfg.eval.epitome
+    if epitome.checkpoints == "train":
+        assets = [Asset("eval.epitome.train_data", "directory", epitome.train_data or "",
+                        cfg.resolve(epitome.train_data or ""))]
+    else:
+        value = epitome.checkpoints or ""
+        assets = [Asset("eval.epitome.checkpoints", "epitome", value,
+                        cfg.resolve(value) if value else None)]
+    return assets + [_model_or_dataset(cfg, "eval.epitome.encoder", "model", epitome.encoder),
+                     _model_or_dataset(cfg, "eval.epitome.tokenizer", "model", epitome.tokenizer)]
+
+
+def bertscore_assets(cfg: ExperimentConfig, kind: str) -> list[Asset]:
+    """BERTScore: its model."""
+    return [_model_or_dataset(cfg, "eval.bertscore.model", "model", cfg.eval.bertscore.model)]
+
+
+def mmlu_assets(cfg: ExperimentConfig, kind: str) -> list[Asset]:
+    """MMLU: the lm-eval tasks (and the directory of their YAMLs)."""
+    mmlu = cfg.eval.mmlu
+    assets = []
+    if mmlu.include_path:
+        assets.append(Asset("eval.mmlu.include_path", "directory", mmlu.include_path,
+                            cfg.resolve(mmlu.include_path)))
+    return assets + [Asset("eval.mmlu.tasks", "lm-eval", ",".join(mmlu.tasks), None)]
 
 
 def cached_snapshot(asset: Asset, cache: Path) -> Path | None:

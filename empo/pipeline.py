@@ -15,6 +15,7 @@ into the other seeds' run directories. This module imports no torch and no launc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -27,20 +28,25 @@ from submitit.helpers import Checkpointable
 
 from empo.config import ExperimentConfig
 from empo.distributed import process_rank
-from empo.errors import EmpoError, LaunchError
+from empo.errors import ConfigError, EmpoError, LaunchError
 from empo.fingerprint import fingerprint, identity_fields
 from empo.reader import ReadError, read_json, read_text
 from empo.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
                                 merge_json, move_aside, run_dir, stage_lock)
-from empo.stages import REGISTRY, TRAINING, output_problem, stage_kind
+from empo.results.sweep import expand_sweep, point_name
+from empo.stages import (REGISTRY, call_stage, output_problem, stage_kind, trained_variants,
+                         variant_stages)
+from empo.tracking import log_eval_metrics
 
 log = logging.getLogger(__name__)
 
 EPITOME_TRAIN = "epitome_train"  # eval.epitome.checkpoints: train -> one such stage per experiment
+GENERATE = "generate"            # the predictions the stages that read them (`reads`) score
 STAGE_RECORD = "stage.json"      # per run directory: stage kind -> fingerprint and its fields
-# Override prefixes that do not change what SFT computes: a DPO sweep point trains on the SFT run
-# of its other overrides only (a beta sweep shares one SFT run per seed).
-NOT_SFT_KEYS = ("dpo.", "eval.", "cluster.")
+# Override prefixes that do not change what the stage a variant starts from computes (besides the
+# variant's own section): a DPO sweep point trains on the SFT run of its other overrides only (a
+# beta sweep shares one SFT run per seed).
+NOT_START_KEYS = ("eval.", "cluster.")
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,9 @@ class Variant:
     """One row of the table: its run-directory name, what it trains, its config."""
 
     name: str                   # baseline, sft, sft_dpo or a sweep point (sft@lora.r=16)
-    kind: str                   # baseline | sft | sft_dpo
+    kind: str                   # baseline or the variant a training stage makes (sft, sft_dpo)
     config: ExperimentConfig = field(compare=False, repr=False)
-    sft: str | None = None      # sft_dpo: the SFT variant whose adapter DPO starts from
+    start: str | None = None    # sft_dpo: the variant whose adapter its training continues
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Stage:
 
     def markers(self) -> list[Path]:
         """The files whose presence says this stage is finished."""
-        if self.kind in TRAINING:
+        if stage_kind(self.kind).trains:
             return [marker(self.directory)]
         if self.kind == "share":
             return [marker(self.directory, kind) for kind in self.shares]
@@ -135,7 +141,7 @@ class Stage:
         Outputs of an earlier run under another fingerprint, or that no longer parse, are moved
         aside first, never deleted; the fingerprint is recorded when the stage starts and ends."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.kind in TRAINING and process_rank() != 0:  # ranks > 0: rank 0 holds the lock
+        if stage_kind(self.kind).trains and process_rank() != 0:  # rank 0 holds the lock
             return self._call()
         with stage_lock(self.directory, self.kind, self.key):
             if self.is_done():  # finished by another process while this one waited in the queue
@@ -151,14 +157,12 @@ class Stage:
                                   _runs_text(self.directory, self.runs))
             self.write_record("done", seconds=round(time.monotonic() - started, 3))
             if stage_kind(self.kind).metrics:
-                from empo.tracking import log_eval_metrics
-
                 log_eval_metrics(self.config, self.directory, stage_kind(self.kind).metrics)
             return result
 
     def _call(self) -> Any:
         log.info("stage %s: start (%s)", self.key, self.directory)
-        return stage_kind(self.kind).run(self)
+        return call_stage(self)
 
     def write_record(self, state: str, **extra: Any) -> None:
         """`extra`: e.g. the seconds the stage ran (its share of its job's cost)."""
@@ -221,8 +225,6 @@ def _marker_text(path: Path) -> str | None:
 def _runs_text(experiment_dir: Path, runs: tuple[str, ...]) -> str:
     """The aggregate's marker: the runs it summarised and a digest of each run's metrics, so a
     redone evaluation makes the table stale."""
-    import hashlib
-
     digests = {}
     for run in runs:
         path = Path(experiment_dir) / "runs" / run / "metrics.json"
@@ -262,23 +264,40 @@ class Graph:
 
 # ----------------------------------------------------------------------------- building the graph
 
-def variants(cfg: ExperimentConfig) -> list[Variant]:
-    """baseline, sft, sft_dpo; with a sweep: baseline + the sweep points (+ the SFT runs the DPO
-    points start from, named like the SFT point of the same SFT-relevant overrides)."""
-    out = [Variant("baseline", "baseline", cfg)]
-    if not (cfg.sweep.grid or cfg.sweep.zip):
-        return out + [Variant("sft", "sft", cfg), Variant("sft_dpo", "sft_dpo", cfg, sft="sft")]
-    from empo.results.sweep import expand_sweep, point_name
+def check_variants(cfg: ExperimentConfig) -> None:
+    """ConfigError for a `variants` or `sweep.variants` entry no training stage makes."""
+    made = trained_variants()
+    for key, value in (("variants", cfg.variants), ("sweep.variants", cfg.sweep.variants)):
+        if not set(value) <= set(made):
+            raise ConfigError(f"{key}: {value!r} allowed: {', '.join(made)}")
 
+
+def variants(cfg: ExperimentConfig) -> list[Variant]:
+    """baseline and `variants` (sft, sft_dpo; each after the variant it starts from); with a
+    sweep: baseline + the sweep points (+ the runs they start from, e.g. the SFT run of a DPO
+    point, named like the point of the same overrides without the DPO ones)."""
+    check_variants(cfg)
+    out = [Variant("baseline", "baseline", cfg)]
     names = {"baseline"}
+    if not (cfg.sweep.grid or cfg.sweep.zip):
+        for name in cfg.variants:
+            for entry in variant_stages(name):
+                if entry.variant not in names:
+                    start = stage_kind(entry.starts_from).variant if entry.starts_from else None
+                    out.append(Variant(entry.variant, entry.variant, cfg, start=start))
+                    names.add(entry.variant)
+        return out
     for point in expand_sweep(cfg):
-        if point.variant == "sft_dpo":
-            sft_overrides = {k: v for k, v in point.overrides.items() if not k.startswith(NOT_SFT_KEYS)}
-            sft_name = point_name("sft", sft_overrides) if sft_overrides else "sft"
-            if sft_name not in names:
-                out.append(Variant(sft_name, "sft", cfg.with_overrides(sft_overrides)))
-                names.add(sft_name)
-            out.append(Variant(point.name, "sft_dpo", point.config, sft=sft_name))
+        entry = trained_variants()[point.variant]
+        if entry.starts_from:
+            before = stage_kind(entry.starts_from).variant
+            own = (f"{entry.name}.", *NOT_START_KEYS)
+            overrides = {k: v for k, v in point.overrides.items() if not k.startswith(own)}
+            start = point_name(before, overrides) if overrides else before
+            if start not in names:
+                out.append(Variant(start, before, cfg.with_overrides(overrides)))
+                names.add(start)
+            out.append(Variant(point.name, point.variant, point.config, start=start))
         elif point.name not in names:
             out.append(Variant(point.name, point.variant, point.config))
         names.add(point.name)
@@ -292,22 +311,22 @@ def baseline_shared(cfg: ExperimentConfig) -> bool:
 
 def eval_stages(variant: Variant, seed: int, where: Path, after: tuple[str, ...],
                 adapter: Path | None) -> list[Stage]:
-    """The evaluation of one run: generate -> (epitome, bertscore), and mmlu; those configured."""
+    """The evaluation of one run: the stages of `eval.metrics` in registry order, those that read
+    predictions after one generate stage, those that read the adapter after its training."""
     cfg = variant.config
-    metrics = cfg.eval.metrics
+    chosen = [REGISTRY[k] for k in REGISTRY if k in cfg.eval.metrics]
     stages: list[Stage] = []
-    if "epitome" in metrics or "bertscore" in metrics:
-        generate = Stage("generate", variant.name, seed, where, cfg, after, adapter=adapter)
+    generate = Stage(GENERATE, variant.name, seed, where, cfg, after, adapter=adapter)
+    if any(entry.reads == "predictions" for entry in chosen):
         stages.append(generate)
-        if "epitome" in metrics:
-            trained = cfg.eval.epitome.checkpoints == "train"
-            stages.append(Stage("epitome", variant.name, seed, where, cfg,
-                                (generate.key,) + ((EPITOME_TRAIN,) if trained else ()),
-                                source=epitome_checkpoints(cfg) if trained else None))
-        if "bertscore" in metrics:
-            stages.append(Stage("bertscore", variant.name, seed, where, cfg, (generate.key,)))
-    if "mmlu" in metrics:
-        stages.append(Stage("mmlu", variant.name, seed, where, cfg, after, adapter=adapter))
+    for entry in chosen:
+        if entry.reads == "adapter":
+            stages.append(Stage(entry.name, variant.name, seed, where, cfg, after, adapter=adapter))
+        elif entry.name == "epitome" and cfg.eval.epitome.checkpoints == "train":
+            stages.append(Stage(entry.name, variant.name, seed, where, cfg,
+                                (generate.key, EPITOME_TRAIN), source=epitome_checkpoints(cfg)))
+        else:
+            stages.append(Stage(entry.name, variant.name, seed, where, cfg, (generate.key,)))
     return stages
 
 
@@ -345,15 +364,8 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
             where = run_dir(exp, variant.name, seed)
             after: tuple[str, ...] = ()
             adapter = None
-            if variant.kind == "sft":
-                train = Stage("sft", variant.name, seed, where, variant.config)
-                stages.append(train)
-                after, adapter = (train.key,), where / "adapter"
-            elif variant.kind == "sft_dpo":
-                start = sft_seed_of(variant.config, seed)
-                sft_dir = run_dir(exp, variant.sft, start)
-                train = Stage("dpo", variant.name, seed, where, dpo_config(variant.config, seed),
-                              (f"sft/{variant.sft}/seed-{start}",), adapter=sft_dir / "adapter")
+            if variant.kind != "baseline":
+                train = training_stage(variant, seed, where)
                 stages.append(train)
                 after, adapter = (train.key,), where / "adapter"
             if variant.kind == "baseline" and shared and seed != cfg.seeds[0]:
@@ -376,6 +388,20 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
         ordered.append(Stage("aggregate", None, None, exp, cfg, tuple(s.key for s in evals),
                              runs=tuple(runs)))
     return Graph(exp, with_fingerprints(ordered), all_variants)
+
+
+def training_stage(variant: Variant, seed: int, where: Path) -> Stage:
+    """The stage that trains `variant`'s adapter for `seed`: from the base model, or continuing
+    the adapter of the variant it starts from (DPO: of seed `dpo.sft_seed` when set)."""
+    entry = trained_variants()[variant.kind]
+    if not entry.starts_from or variant.start is None:
+        return Stage(entry.name, variant.name, seed, where, variant.config)
+    start = sft_seed_of(variant.config, seed) if entry.name == "dpo" else seed
+    cfg = dpo_config(variant.config, seed) if entry.name == "dpo" else variant.config
+    before = run_dir(variant.config.experiment_dir, variant.start, start)
+    return Stage(entry.name, variant.name, seed, where, cfg,
+                 (f"{entry.starts_from}/{variant.start}/seed-{start}",),
+                 adapter=before / "adapter")
 
 
 def sft_seed_of(cfg: ExperimentConfig, seed: int) -> int:

@@ -23,7 +23,6 @@ from empo.errors import EmpoError
 from empo.processes import ProcessId
 from empo.reader import ReadError, loads_json, open_regular, read_json, read_text
 
-VARIANTS = ("baseline", "sft", "sft_dpo")
 log = logging.getLogger(__name__)
 
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def selected(cfg: ExperimentConfig) -> set[str]:
     """The integrations chosen for the experiment's training stages."""
-    return set(cfg.sft.report_to) | set(cfg.dpo.report_to)
+    return {name for section in cfg.training_sections().values() for name in section.report_to}
 
 
 def log_eval_metrics(cfg: ExperimentConfig, directory: Path, keys: tuple[str, ...]) -> None:

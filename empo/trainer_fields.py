@@ -1,5 +1,6 @@
-"""The field names of trl's SFTConfig / DPOConfig, read from the installed trl and transformers
-sources with `ast` (no import: a login node validates a config without loading torch).
+"""The field names of a trl config class (SFTConfig, DPOConfig, ... : a training section's
+`trl_config`), read from the installed trl and transformers sources with `ast` (no import: a
+login node validates a config without loading torch).
 
 Values are checked by trl itself when the stage builds its config (`train/common.py`).
 """
@@ -10,7 +11,6 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-TRL_CONFIGS = {"sft": "trainer/sft_config.py:SFTConfig", "dpo": "trainer/dpo_config.py:DPOConfig"}
 # Fields the stage sets itself, or that would break the project's semantics.
 REFUSED = {
     "output_dir": "the stage writes into its run directory",
@@ -66,11 +66,12 @@ def _module_file(importer: Path, module: str, level: int, name: str) -> Path | N
 
 
 @lru_cache(maxsize=None)
-def trl_fields(stage: str) -> frozenset[str] | None:
-    """The fields of trl's config for `stage` (sft, dpo); None where trl is not installed."""
+def trl_fields(spec: str) -> frozenset[str] | None:
+    """The fields of the trl config class `spec` ("trainer/dpo_config.py:DPOConfig", a training
+    section's `trl_config`); None where trl is not installed."""
     root = _package_dir("trl")
     if root is None:
         return None
-    relative, name = TRL_CONFIGS[stage].split(":")
+    relative, name = spec.split(":")
     path = root / relative
     return frozenset(_class_fields(path, name)) if path.exists() else None

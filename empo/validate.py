@@ -5,6 +5,7 @@ Standard library and PyYAML only (imported by the CLI and the launcher on a logi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ MAX_YAML_INT = 10**30             # larger integers are refused (no field takes 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 NAME_RULE = ("1-100 characters from A-Z a-z 0-9 . _ + -, starting with a letter or digit")
 SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]{0,63}")
-# Free text may hold newlines and tabs: it never reaches a shell script or a file name.
-FREE_TEXT_KEYS = ("data.system_prompt", "sft.system_prompt", "dpo.system_prompt",
-                  "eval.system_prompt")
+# Fields of free text (in any section) may hold newlines and tabs: they never reach a shell
+# script or a file name.
+FREE_TEXT_FIELDS = ("system_prompt",)
 SEED_LIMIT = 2**32                # numpy/torch seeds: 0 <= seed < 2^32
 
 
@@ -139,11 +140,12 @@ def check_override_text(text: str) -> str:
 def check_text(value: Any, path: str) -> None:
     """ConfigError if a string in `value` (nested lists/dicts too) holds a control character,
     a line/paragraph separator or a bidi control (`quoting.unsafe_char`; newlines and tabs are
-    allowed in FREE_TEXT_KEYS)."""
+    allowed in FREE_TEXT_FIELDS)."""
     from empo.quoting import unsafe_char
 
     if isinstance(value, str):
-        found = unsafe_char(value, "\n\t" if path in FREE_TEXT_KEYS else "")
+        free = path.rsplit(".", 1)[-1] in FREE_TEXT_FIELDS
+        found = unsafe_char(value, "\n\t" if free else "")
         if found is not None:
             raise ConfigError(f"{path}: control character {found[1]!r} at position {found[0]} "
                               f"of {value[:40]!r}; config text must be printable")
@@ -229,7 +231,11 @@ RANGES: dict[str, Range] = {
 
 
 def range_of(cls: type, name: str) -> Range | None:
-    """The Range of field `name` of dataclass `cls` (looked up along its base classes)."""
+    """The Range of field `name` of dataclass `cls`: its `metadata["range"]` (a section declared
+    beside its stage), else RANGES (looked up along its base classes)."""
+    declared = {f.name: f.metadata.get("range") for f in dataclasses.fields(cls)}
+    if declared.get(name) is not None:
+        return declared[name]
     for klass in cls.__mro__:
         found = RANGES.get(f"{klass.__name__}.{name}")
         if found is not None:

@@ -17,15 +17,18 @@ from pathlib import Path
 from empo.commands.common import add_config_args, load_experiment
 from empo.commands.fetch import add_preflight_args
 from empo.errors import LaunchError
-from empo.stages import REGISTRY
+from empo.stages import REGISTRY, default_variant, evaluation_kinds
 from empo.validate import check_positive_int as positive_int
 from empo.validate import check_seed
 
-# `empo stage` runs one registered stage kind, or `eval` (generate + the metrics, as one job does)
-STAGES = tuple(k for k in REGISTRY if k != "share") + ("eval",)
-DEFAULT_VARIANT = {"sft": "sft", "dpo": "sft_dpo"}
 FORCE_NEW_HELP = ("if results/<name> holds runs of another config hash, move it aside to "
                   "results/<name>.<old hash> (nothing is deleted) and start afresh")
+
+
+def stage_choices() -> tuple[str, ...]:
+    """What `empo stage` runs: a registered stage kind (not share), or `eval` (generate + the
+    metrics, as one job does)."""
+    return tuple(k for k in REGISTRY if k != "share") + ("eval",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     cancel.set_defaults(handler=_cancel)
 
     stage = sub.add_parser("stage", help="run one stage in this process (used by jobs/*.sbatch)")
-    stage.add_argument("stage", help=f"one of: {', '.join(STAGES)} (eval = generate + metrics)")
+    stage.add_argument("stage", help=f"one of: {', '.join(stage_choices())} "
+                       "(eval = generate + metrics)")
     add_config_args(stage)
     stage.add_argument("--variant", default=None,
                        help="baseline, sft, sft_dpo or a sweep point (default: sft for sft, "
@@ -225,8 +229,8 @@ def _stage(args: argparse.Namespace) -> int:
     from empo.launch.experiment import write_experiment
     from empo.pipeline import build_graph, stage_call
 
-    if args.stage not in STAGES:
-        raise LaunchError(f"unknown stage {args.stage!r}; allowed: {', '.join(STAGES)}")
+    if args.stage not in stage_choices():
+        raise LaunchError(f"unknown stage {args.stage!r}; allowed: {', '.join(stage_choices())}")
     cfg = load_experiment(args)
     stages = select_stages(build_graph(cfg), args.stage, args.variant, args.seed, cfg.seeds)
     write_experiment(cfg)
@@ -239,14 +243,13 @@ def _stage(args: argparse.Namespace) -> int:
 def select_stages(graph, stage: str, variant: str | None, seed: int | None, seeds: list[int]):
     """The stages `empo stage` runs, after checking that what they read is done."""
     from empo.pipeline import Variant, eval_stages
-    from empo.stages import EVALUATION
 
     if stage == "aggregate":
         selected = [graph.stages["aggregate"]] if "aggregate" in graph.stages else []
         if not selected:
             raise LaunchError("this experiment evaluates nothing (eval.metrics is empty)")
     else:
-        variant = variant or DEFAULT_VARIANT.get(stage)
+        variant = variant or default_variant(stage)
         if variant is None:
             raise LaunchError(f"empo stage {stage}: --variant is required "
                               f"(one of: {', '.join(v.name for v in graph.variants)})")
@@ -255,9 +258,9 @@ def select_stages(graph, stage: str, variant: str | None, seed: int | None, seed
                 raise LaunchError(f"empo stage {stage}: --seed is required (one of "
                                   f"{', '.join(map(str, seeds))})")
             seed = seeds[0]
-        kinds = EVALUATION if stage == "eval" else (stage,)
+        kinds = evaluation_kinds() if stage == "eval" else (stage,)
         share = graph.stages.get(f"share/{variant}/seed-{seed}")
-        if share is not None and stage in EVALUATION + ("eval",):
+        if share is not None and stage in (*evaluation_kinds(), "eval"):
             if all(graph.stages[d].is_done() for d in share.deps):
                 selected = [share]
             else:  # the first seed's baseline is not evaluated yet: evaluate this seed itself

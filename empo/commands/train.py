@@ -1,33 +1,35 @@
-"""`empo train sft|dpo` (one training stage for one seed) and `empo plan` (memory planner)."""
+"""`empo train KIND` (one training stage for one seed; KIND: sft, dpo, ... as `empo.stages`
+declares them) and `empo plan` (memory planner)."""
 from __future__ import annotations
 
 import argparse
 
 from empo.commands.common import add_config_args, load_experiment
+from empo.errors import EmpoError, TrainError
+from empo.stages import REGISTRY, memory_plan, training_kinds
 from empo.validate import check_positive_int, check_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `train` (with `sft`, `dpo`) and `plan`."""
-    train = sub.add_parser("train", help="run one training stage (SFT or DPO) for one seed",
+    """Add `train` (a subcommand per training stage) and `plan`."""
+    train = sub.add_parser("train", help="run one training stage (SFT, DPO, ...) for one seed",
                            description="Train one stage into results/<name>/runs/<variant>/seed-<s>/; "
                            "resumes from the last checkpoint; a finished stage (DONE) is left as is.")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    sft = stages.add_parser("sft", help="LoRA SFT on whole dialogues (loss on listener turns)")
-    add_config_args(sft)
-    sft.add_argument("--seed", type=check_seed, required=True, help="run seed")
-    sft.set_defaults(handler=_train_sft)
-    dpo = stages.add_parser("dpo", help="DPO from the SFT adapter of the same seed")
-    add_config_args(dpo)
-    dpo.add_argument("--seed", type=check_seed, required=True, help="run seed (its SFT adapter must be done)")
-    dpo.set_defaults(handler=_train_dpo)
+    for kind in training_kinds():
+        entry = REGISTRY[kind]
+        start = f" (its {entry.starts_from} adapter must be done)" if entry.starts_from else ""
+        parser = stages.add_parser(kind, help=entry.help)
+        add_config_args(parser)
+        parser.add_argument("--seed", type=check_seed, required=True, help=f"run seed{start}")
+        parser.set_defaults(handler=_train)
 
     plan = sub.add_parser("plan", help="parameters and per-GPU memory of a stage, no weights loaded",
                           description="Trainable LoRA parameters and per-GPU memory (DeepSpeed "
                           "estimators + activations + DPO reference) with a verdict against "
                           "cluster.gpu_memory_gb.")
     add_config_args(plan)
-    plan.add_argument("--stage", choices=("sft", "dpo"), default="sft")
+    plan.add_argument("--stage", choices=training_kinds(), default=training_kinds()[0])
     plan.add_argument("--gpus", type=check_positive_int, default=None, help="GPUs per node (default: cluster.gpus_per_node)")
     plan.add_argument("--nodes", type=check_positive_int, default=None, help="nodes (default: cluster.nodes)")
     plan.add_argument("--throughput", type=_positive_float, default=None, metavar="TOKENS_PER_S",
@@ -48,42 +50,36 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _train_sft(args: argparse.Namespace) -> int:
-    return _train(args, "sft", "sft")
-
-
-def _train_dpo(args: argparse.Namespace) -> int:
-    return _train(args, "dpo", "sft_dpo")
-
-
-def _train(args: argparse.Namespace, kind: str, variant: str) -> int:
+def _train(args: argparse.Namespace) -> int:
     """One training stage of the graph, under its lock; what it reads must be done and valid."""
-    from empo.errors import TrainError
     from empo.pipeline import build_graph
 
+    entry = REGISTRY[args.stage]
     cfg = load_experiment(args)
     cfg.seeds = [args.seed]  # any seed (seeds are directories, not part of the config's identity)
+    if entry.variant not in cfg.variants:  # a stage of a variant the experiment does not list
+        cfg.variants = [*cfg.variants, entry.variant]
     graph = build_graph(cfg)
-    stage = graph.select(kind, variant, args.seed)
+    stage = graph.select(args.stage, entry.variant, args.seed)
     for dep in stage.deps:
         before = graph.stages[dep]
         if not before.is_done():
             found = before.output_problem()
             why = found[1] if found else f"{before.directory} is unfinished"
-            raise TrainError(f"SFT adapter {stage.adapter} is missing or unusable ({why}): run "
-                             f"`empo train sft {args.config} --seed {args.seed}` first")
+            raise TrainError(f"{entry.starts_from.upper()} adapter {stage.adapter} is missing or "
+                             f"unusable ({why}): run `empo train {entry.starts_from} "
+                             f"{args.config} --seed {args.seed}` first")
     stage.run()
     print(stage.directory / "adapter")
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from empo.train.memory import plan_text
+    from empo.estimate import estimate, estimate_text
+    from empo.train.memory import format_plan
 
     cfg = load_experiment(args)
-    print(plan_text(cfg, args.stage, args.gpus, args.nodes))
-    from empo.errors import EmpoError
-    from empo.estimate import estimate, estimate_text
+    print(format_plan(memory_plan(cfg, args.stage, args.gpus, args.nodes), cfg.name))
 
     try:
         print(estimate_text(estimate(cfg, args.throughput)))

@@ -26,7 +26,7 @@ def job_kind(stage_kind: str) -> str:
 class Unit:
     """One job's body: stages of one run (or the aggregate), run in order in one process."""
 
-    kind: str                      # one of empo.stages.JOB_KINDS
+    kind: str                      # one of empo.stages.job_kinds()
     variant: str | None
     seed: int | None
     stages: tuple[Stage, ...]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from empo.errors import EmpoError, LaunchError
 from empo.launch.backends import backend
 from empo.hub import Asset, cached_dataset, cached_snapshot, experiment_assets, hf_home, \
     hub_cache, offline
+from empo.stages import preflight_problems, stage_kind
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,18 @@ def preflight(cfg: ExperimentConfig, executor: str, graph=None) -> list[Problem]
 
         graph = build_graph(cfg)
     pending = graph.pending()
-    kinds = {stage.kind for stage in pending}
-    trains = bool(kinds & {"sft", "dpo"})
-    evals = bool(kinds - {"sft", "dpo", "share", "aggregate"})  # share/aggregate read no asset
+    # the stages that read assets (share and aggregate, on CPU, read none)
+    reading = {s.kind for s in pending if stage_kind(s.kind).resources != "cpu"}
     problems: list[Problem] = []
     checks: list[tuple[str, Callable[[], list[Problem]]]] = []
-    if trains or evals:
-        checks.append(("assets", lambda: check_assets(cfg, trains, evals)))
+    if reading:
+        checks.append(("assets", lambda: check_assets(cfg, reading)))
     if pending:
         checks.append(("cluster.container", lambda: check_image(cfg, executor)))
     if pending:  # the backend's own limits (SLURM: partition, account, gres, MaxTime)
         checks.append(("cluster.partition", lambda: backend(executor).preflight(cfg, graph)))
-    if trains and cfg.cluster.gpus_per_node > 0 and cfg.cluster.gpu_memory_gb > 0:
-        checks.append(("cluster.gpu_memory_gb", lambda: check_memory(cfg, pending)))
+    if any(stage_kind(s.kind).preflight for s in pending):
+        checks.append(("cluster.gpu_memory_gb", lambda: check_stages(pending)))
     for key, check in checks:
         try:
             problems += check()
@@ -86,15 +86,14 @@ def preflight(cfg: ExperimentConfig, executor: str, graph=None) -> list[Problem]
 
 # ----------------------------------------------------------------------------- assets
 
-def check_assets(cfg: ExperimentConfig, trains: bool = True, evals: bool = True) -> list[Problem]:
-    """Each asset resolves: local paths exist and have the right shape; Hub ids are cached when
-    jobs run offline; EPITOME checkpoints have the published keys; lm-eval tasks resolve."""
+def check_assets(cfg: ExperimentConfig, kinds: Iterable[str] | None = None) -> list[Problem]:
+    """Each asset the stages of `kinds` read (default: every stage of the experiment) resolves:
+    local paths exist and have the right shape; Hub ids are cached when jobs run offline;
+    EPITOME checkpoints have the published keys; lm-eval tasks resolve."""
     off = offline(cfg)
     cache = hub_cache(cfg)
     problems: list[Problem] = []
-    for asset in experiment_assets(cfg, trains=trains):
-        if not evals and asset.key.startswith("eval."):
-            continue
+    for asset in experiment_assets(cfg, kinds):
         problems += _asset_problems(cfg, asset, off, cache)
     return problems
 
@@ -238,22 +237,15 @@ def check_image(cfg: ExperimentConfig, executor: str) -> list[Problem]:
 
 # ----------------------------------------------------------------------------- memory
 
-def check_memory(cfg: ExperimentConfig, pending) -> list[Problem]:
-    """`empo plan`'s per-GPU memory of each pending training stage fits cluster.gpu_memory_gb."""
-    from empo.train.memory import GIB, RUNTIME_OVERHEAD_GIB, plan_memory
-
+def check_stages(pending) -> list[Problem]:
+    """Each pending stage kind's own checks (its registry `preflight` hook, e.g. `empo plan`'s
+    per-GPU memory of a training stage against cluster.gpu_memory_gb), once per variant."""
     problems = []
     seen = set()
     for stage in pending:
-        if stage.kind not in ("sft", "dpo") or (stage.kind, stage.variant) in seen:
+        if (stage.kind, stage.variant) in seen:
             continue
         seen.add((stage.kind, stage.variant))
-        plan = plan_memory(stage.config, stage.kind)
-        if not plan.fits:
-            need = plan.total / GIB + RUNTIME_OVERHEAD_GIB
-            problems.append(Problem(
-                "cluster.gpu_memory_gb", f"{stage.kind} ({stage.variant}) needs {need:.1f} GiB per "
-                f"GPU (`empo plan`), more than {cfg.cluster.gpu_memory_gb:g}",
-                f"lower {stage.kind}.per_device_train_batch_size or {stage.kind}.max_length, use "
-                f"{stage.kind}.deepspeed=zero3, or more GPUs (see `empo plan CONFIG`)"))
+        problems += [Problem(*found) for found in
+                     preflight_problems(stage.config, stage.kind, stage.variant)]
     return problems

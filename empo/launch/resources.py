@@ -1,6 +1,6 @@
 """What one job asks for, from `cfg.cluster` (and its profile in configs/cluster/*.yaml).
 
-Training jobs (sft, dpo) take `nodes` nodes with one task per GPU (`gpus_per_node` tasks; one
+Training jobs (sft, dpo, ...) take `nodes` nodes with one task per GPU (`gpus_per_node` tasks; one
 task on CPU nodes); evaluation jobs one task with one GPU (where the nodes have GPUs); the
 baseline share and the aggregate one CPU task, on `cluster.cpu_partition` when set. Memory is per
 node (eval jobs ask for their GPU's share of it, so two evals can share a node). Walltime comes
@@ -14,7 +14,7 @@ from typing import Any
 
 from empo.config import ClusterConfig, ExperimentConfig
 from empo.hub import hub_environment
-from empo.stages import JOB_KINDS, REGISTRY
+from empo.stages import REGISTRY, job_kinds
 
 DEFAULT_MINUTES = ClusterConfig().time
 
@@ -24,7 +24,7 @@ def _job_entry(kind: str):
     for entry in REGISTRY.values():
         if entry.job == kind:
             return entry
-    raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(JOB_KINDS)}")
+    raise ValueError(f"unknown job kind {kind!r}; allowed: {', '.join(job_kinds())}")
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from empo.results import correlation, table
 from empo.results.compare import compare_rows, read_table_csv
 from empo.results.compare import to_csv as compare_csv
 from empo.results.compare import to_markdown as compare_markdown
-from empo.results.rows import METRICS, Row, Runs, Stat
+from empo.metrics import metric_keys, stage_metrics
+from empo.results.rows import Row, Runs, Stat
 from empo.results.sweep import variant_order
-from empo.stages import metric_keys
 from empo.store import atomic_write_text
 
 _SEED_DIR = re.compile(r"^seed-(-?\d+)$")
@@ -45,16 +45,16 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def metric_names(runs: Runs) -> list[str]:
     """The core metrics in paper order, then every extra metric found, sorted."""
-    extras = {k for seeds in runs.values() for m in seeds.values() for k in m} - set(METRICS)
-    return list(METRICS) + sorted(extras)
+    extras = {k for seeds in runs.values() for m in seeds.values() for k in m} - set(metric_keys())
+    return list(metric_keys()) + sorted(extras)
 
 
 def expected_metrics(cfg: ExperimentConfig | None, runs: Runs) -> list[str]:
     """Core metrics every run should report: from cfg.eval.metrics, else those found anywhere."""
     if cfg is not None:
-        return metric_keys(cfg.eval.metrics)
+        return [key for stage in cfg.eval.metrics for key in stage_metrics(stage)]
     found = {k for seeds in runs.values() for m in seeds.values() for k in m}
-    return [m for m in METRICS if m in found]
+    return [m for m in metric_keys() if m in found]
 
 
 def summarize(variant: str, seeds: dict[int, dict[str, float]], expected_seeds: Iterable[int],
@@ -98,7 +98,7 @@ def read_metrics(path: Path) -> dict[str, float]:
             raise EmpoError(f"{path}: malformed metrics.json ('{key}' is {value})")
         if numeric:
             metrics[key] = float(value)
-        elif key in METRICS:
+        elif key in metric_keys():
             raise EmpoError(f"{path}: malformed metrics.json ('{key}' is {value!r}, not a number)")
     return metrics
 

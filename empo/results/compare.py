@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from empo.errors import EmpoError
+from empo.metrics import metric, metric_keys
 from empo.reader import ReadError, read_text
-from empo.results.rows import METRICS, Row, Stat
-from empo.results.table import HIGHER_IS_BETTER, LABELS, csv_text, fmt_mean, fmt_number, fmt_sd
+from empo.results.rows import Row, Stat
+from empo.results.table import csv_text, fmt_mean, fmt_number, fmt_sd
 
 Reference = dict[str, dict[str, Stat]]  # variant -> metric -> Stat
 
@@ -108,7 +109,7 @@ def to_csv(comparisons: Sequence[Comparison]) -> str:
 
 
 def _stat_text(metric: str, stat: Stat) -> str:
-    mean = fmt_mean(metric, stat.mean) if metric in METRICS else fmt_number(stat.mean, 3)
+    mean = fmt_mean(metric, stat.mean) if metric in metric_keys() else fmt_number(stat.mean, 3)
     return f"{mean} ± {fmt_sd(stat.sd)} (n={stat.n})"
 
 
@@ -124,7 +125,8 @@ def to_markdown(comparisons: Sequence[Comparison], reference_name: str = "paper"
     lines = [f"| variant | metric | ours | {reference_name} | Δ (ours − ref) | Δ / ref SD |",
              "|:--|:--|:-:|:-:|--:|--:|"]
     for c in comparisons:
-        label = LABELS.get(c.metric, c.metric) + arrows.get(HIGHER_IS_BETTER.get(c.metric), "")
+        declared = metric(c.metric)
+        label = declared.label + arrows[declared.higher_is_better] if declared else c.metric
         ours = _stat_text(c.metric, c.ours) if c.ours else "—"
         diff = _signed(c.diff, 3) if c.diff is not None else "—"
         if c.unit == "sd":

@@ -23,11 +23,13 @@ from empo.config import read_experiment
 from empo.results.aggregate import Runs, collect_runs, mean_sd
 from empo.store import atomic_path, atomic_write_text
 from empo.results.sweep import SweepPoint, expand_sweep, format_value, variant_order
-from empo.results.table import LABELS, VARIANT_LABELS, csv_text
+from empo.metrics import metric, stage_metrics
+from empo.results.table import csv_text
+from empo.stages import variant_label
 
 SIZE = (6.4, 4.0)    # inches at DPI: 640 × 400 px per panel
 DPI = 100
-EPITOME = ("diff_er", "diff_ex", "diff_ip")
+EPITOME = stage_metrics("epitome")  # diff_er, diff_ex, diff_ip
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies")
 
 
@@ -50,6 +52,11 @@ FIGURES = (
                 "diff-EPITOME ↓", "Impact of LoRA rank on diff-EPITOME"),
 )
 BETA_KEY = "dpo.beta"
+
+
+def _label(key: str) -> str:
+    declared = metric(key)
+    return declared.label if declared else key
 
 
 def _note(text: str) -> None:
@@ -100,7 +107,7 @@ def series_of(points: Sequence[SweepPoint], key: str) -> dict[str, list[tuple[An
         if key not in point.overrides:
             continue
         tied = point.zipped if key in point.zipped else ()
-        label = VARIANT_LABELS.get(point.variant, point.variant)
+        label = variant_label(point.variant) or point.variant
         others = [f"{k}={format_value(v)}" for k, v in point.overrides.items()
                   if k != key and k not in tied]
         if others:
@@ -144,7 +151,7 @@ def plot_sweep(spec: SweepFigure, points: Sequence[SweepPoint], runs: Runs,
             line = [r for r in rows if r[0] == label and r[3] == metric]
             if not line:
                 continue
-            name = label if len(spec.metrics) == 1 else f"{label}: {LABELS.get(metric, metric)}"
+            name = label if len(spec.metrics) == 1 else f"{label}: {_label(metric)}"
             ax.errorbar([r[2] for r in line], [r[4] for r in line], yerr=[r[5] for r in line],
                         marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)

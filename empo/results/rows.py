@@ -1,11 +1,7 @@
-"""The table's leaf types: the metric columns in order, a cell (mean, SD, n) and a row."""
+"""The table's leaf types: a cell (mean, SD, n) and a row (columns: `empo.metrics`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from empo.stages import metric_keys
-
-METRICS = tuple(metric_keys(("mmlu", "epitome", "bertscore")))  # the table's column order
 
 
 Runs = dict[str, dict[int, dict[str, float]]]  # variant -> seed -> metric -> value

@@ -18,7 +18,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig
 from empo.errors import ConfigError, EmpoError
-from empo.store import VARIANTS
+from empo.stages import variant_stages
 
 # Keys a sweep may not vary: they name or shape the experiment itself, not a run.
 _NOT_SWEEPABLE = ("name", "seeds", "results_dir", "sweep")
@@ -124,11 +124,14 @@ def expand_sweep(cfg: ExperimentConfig) -> list[SweepPoint]:
 
 def variant_order(cfg: ExperimentConfig | None, found: list[str] | set[str] = (),
                   configured_only: bool = False) -> list[str]:
-    """Table order: baseline, sft, sft_dpo, then sweep points (config order), then any other found
-    variant sorted. Without a sweep the plain variants are expected; with one, only those found.
-    `configured_only`: without the found others."""
+    """Table order: baseline, the configured `variants` (sft, sft_dpo, ...), then sweep points
+    (config order), then any other found variant sorted. Without a sweep the configured variants
+    are expected; with one, only those found. `configured_only`: without the found others."""
     found = set(found)
     points = [p.name for p in expand_sweep(cfg)] if cfg is not None else []
-    plain = [v for v in VARIANTS if v in found or (cfg is not None and not points)]
+    chosen = (cfg or ExperimentConfig()).variants
+    configured = list(dict.fromkeys(["baseline", *(e.variant for v in chosen
+                                                   for e in variant_stages(v))]))
+    plain = [v for v in configured if v in found or (cfg is not None and not points)]
     known = set(plain) | set(points)
     return plain + points + ([] if configured_only else sorted(found - known))

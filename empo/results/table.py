@@ -12,14 +12,12 @@ from decimal import ROUND_HALF_UP, Context, Decimal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from empo.results.rows import METRICS, Row
+from empo.metrics import metric as metric_of
+from empo.metrics import metric_keys
+from empo.metrics import metrics as declared_metrics
+from empo.results.rows import Row
+from empo.stages import variant_label
 
-HIGHER_IS_BETTER = {"mmlu": True, "diff_er": False, "diff_ex": False, "diff_ip": False,
-                    "fbert": True}
-LABELS = {"mmlu": "MMLU", "diff_er": "diff-ER", "diff_ex": "diff-EX", "diff_ip": "diff-IP",
-          "fbert": "FBert"}
-BOUNDED = {"mmlu", "fbert"}  # in [0, 1]: written without the leading zero, as in the paper
-VARIANT_LABELS = {"baseline": "baseline", "sft": "SFT", "sft_dpo": "SFT+DPO"}
 DAGGER = "†"
 
 
@@ -45,7 +43,8 @@ def fmt_number(value: float, decimals: int, leading_zero: bool = True) -> str:
 
 
 def fmt_mean(metric: str, value: float) -> str:
-    return fmt_number(value, 3, leading_zero=metric not in BOUNDED)
+    declared = metric_of(metric)
+    return fmt_number(value, 3, leading_zero=not (declared and declared.unit_interval))
 
 
 def fmt_sd(value: float) -> str:
@@ -55,22 +54,24 @@ def fmt_sd(value: float) -> str:
 def best_means(rows: Sequence[Row], metric: str) -> Decimal | None:
     """The best displayed (3-decimal) mean of a column by the metric's direction; None if the
     metric has no direction or fewer than two rows to compare."""
-    if metric not in HIGHER_IS_BETTER:
+    declared = metric_of(metric)
+    if declared is None:
         return None
     means = [rounded(r.stats[metric].mean, 3) for r in rows if r.stats[metric].n > 0]
     if len(means) < 2:
         return None
-    return max(means) if HIGHER_IS_BETTER[metric] else min(means)
+    return max(means) if declared.higher_is_better else min(means)
 
 
 def cells(rows: Sequence[Row], bold: tuple[str, str], pm: str, dash: str,
           dagger: str) -> list[list[str]]:
     """The metric cells of each row: `mean ± sd`, bold mean where best, dagger where incomplete."""
     table = []
-    best = {m: best_means(rows, m) for m in METRICS}
+    columns = metric_keys()
+    best = {m: best_means(rows, m) for m in columns}
     for row in rows:
         line = []
-        for metric in METRICS:
+        for metric in columns:
             stat = row.stats[metric]
             if stat.n == 0:
                 line.append(dash)
@@ -82,6 +83,11 @@ def cells(rows: Sequence[Row], bold: tuple[str, str], pm: str, dash: str,
             line.append(text + (dagger if row.incomplete(metric) else ""))
         table.append(line)
     return table
+
+
+def column_titles(arrows: dict[bool, str]) -> list[str]:
+    """Each metric column's title: its label and the arrow of its direction."""
+    return [f"{m.label} {arrows[m.higher_is_better]}" for m in declared_metrics()]
 
 
 def gap_notes(rows: Sequence[Row]) -> list[str]:
@@ -104,7 +110,7 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def to_csv(rows: Sequence[Row]) -> str:
     """table.csv: variant, n, <metric>_mean, <metric>_sd per metric, <metric>_n each, missing."""
-    metrics = list(rows[0].stats) if rows else list(METRICS)
+    metrics = list(rows[0].stats) if rows else list(metric_keys())
     header = ["variant", "n"]
     for metric in metrics:
         header += [f"{metric}_mean", f"{metric}_sd"]
@@ -126,16 +132,16 @@ def _md_escape(text: str) -> str:
 
 
 def variant_label_md(variant: str) -> str:
-    return VARIANT_LABELS.get(variant) or f"`{_md_escape(variant)}`"
+    return variant_label(variant) or f"`{_md_escape(variant)}`"
 
 
 def to_markdown(rows: Sequence[Row], structure: str = "") -> str:
     """The paper's Table 1 as a Markdown table, with a caption line (ending with `structure`, the
     seed structure that made it) and the gaps listed."""
     arrows = {True: "↑", False: "↓"}
-    header = ["Model", "n"] + [f"{LABELS[m]} {arrows[HIGHER_IS_BETTER[m]]}" for m in METRICS]
+    header = ["Model", "n"] + column_titles(arrows)
     lines = ["| " + " | ".join(header) + " |",
-             "|:--|--:|" + ":-:|" * len(METRICS)]
+             "|:--|--:|" + ":-:|" * len(metric_keys())]
     for row, line in zip(rows, cells(rows, ("**", "**"), "±", "—", DAGGER)):
         lines.append("| " + " | ".join([variant_label_md(row.variant), str(row.n)] + line) + " |")
     lines += ["", "Mean ± SD (sample SD over seeds); n: seed runs read; **bold**: best per column."
@@ -158,18 +164,18 @@ def tex_escape(text: str) -> str:
 
 
 def variant_label_tex(variant: str) -> str:
-    return VARIANT_LABELS.get(variant) or rf"\texttt{{{tex_escape(variant)}}}"
+    return variant_label(variant) or rf"\texttt{{{tex_escape(variant)}}}"
 
 
 def to_latex(rows: Sequence[Row], structure: str = "") -> str:
     """The paper's Table 1 as a LaTeX table (needs \\usepackage{booktabs})."""
     arrows = {True: r"$\uparrow$", False: r"$\downarrow$"}
-    header = ["Model", "$n$"] + [f"{LABELS[m]} {arrows[HIGHER_IS_BETTER[m]]}" for m in METRICS]
+    header = ["Model", "$n$"] + column_titles(arrows)
     lines = [
         "% generated by `empo aggregate`; needs \\usepackage{booktabs}",
         r"\begin{table}[t]",
         r"\centering",
-        r"\begin{tabular}{lr" + "c" * len(METRICS) + "}",
+        r"\begin{tabular}{lr" + "c" * len(metric_keys()) + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",

@@ -147,15 +147,18 @@ def activation_bytes_per_token_layer(config: Any, targets: list[str], r: int, dr
 
 
 def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int | None = None,
-                nodes: int | None = None) -> Plan:
-    """Compute the plan for `stage` (sft or dpo) on `nodes` × `gpus_per_node` GPUs."""
+                nodes: int | None = None, sequences: int = 1, reference: str | None = None) -> Plan:
+    """Compute the plan for training stage `stage` on `nodes` × `gpus_per_node` GPUs, given the
+    stage's facts from the registry (`stages.memory_plan`): `sequences` per example in a
+    micro-batch (2: chosen + rejected) and its frozen `reference` (adapter_copy | merged | None)."""
     import torch
 
     from empo import models
     from empo.train.common import gradient_accumulation
 
-    if stage not in ("sft", "dpo"):
-        raise TrainError(f"stage must be sft or dpo, got {stage!r}")
+    if stage not in cfg.training_sections():
+        raise TrainError(f"stage must be a training stage ({', '.join(cfg.training_sections())}), "
+                         f"got {stage!r}")
     models.check_lora_values(cfg)
     gpn = gpus_per_node if gpus_per_node is not None else (cfg.cluster.gpus_per_node or 1)
     n_nodes = nodes if nodes is not None else (cfg.cluster.nodes or 1)
@@ -219,11 +222,11 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
             cpu_offload=offload_opt, cpu_offload_params=offload_par)
         memory["LoRA states"] = gpu
         lora_width = train_width
-    reference = cfg.dpo.reference if stage == "dpo" else None
     if reference == "adapter_copy":
-        memory["DPO reference (adapter copy)"] = lora_width * lora_params // (n_gpus if zstage == 3 else 1)
+        memory[f"{stage.upper()} reference (adapter copy)"] = \
+            lora_width * lora_params // (n_gpus if zstage == 3 else 1)
 
-    sequences = section.per_device_train_batch_size * (2 if stage == "dpo" else 1)
+    sequences = section.per_device_train_batch_size * sequences
     tokens = sequences * section.max_length
     per_token_layer = activation_bytes_per_token_layer(
         config, cfg.lora.target_modules, cfg.lora.r, cfg.lora.lora_dropout, train_width, in_features)
@@ -235,7 +238,7 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
         notes.append("Liger layer kernels (SwiGLU recomputes act(gate))")
     if padding_free(cfg, stage):
         notes.append("padding-free rows (planned at the worst case, b × max_length tokens)")
-    if stage == "dpo" and trainer_args.get("precompute_ref_log_probs"):
+    if reference and trainer_args.get("precompute_ref_log_probs"):
         notes.append("reference log-probs precomputed before training (no reference forward "
                      "in the steps; memory unchanged)")
     if section.gradient_checkpointing:
@@ -283,6 +286,7 @@ def format_plan(plan: Plan, name: str = "") -> str:
         ds += " + CPU optimizer offload"
     if plan.offload_params:
         ds += " + CPU parameter offload"
+    pairs = plan.sequences_per_micro_batch > plan.per_device_batch
     accumulation = (f"{plan.gradient_accumulation}" if plan.gradient_accumulation is not None
                     else "global batch not divisible by this GPU count")
     lines = [
@@ -293,14 +297,14 @@ def format_plan(plan: Plan, name: str = "") -> str:
         f"  LoRA parameters    {plan.lora_params:,} trainable (r={plan.lora_r}; "
         f"{', '.join(plan.target_modules)})",
         f"  micro-batch        {plan.per_device_batch} per GPU"
-        f"{' (×2 sequences: chosen + rejected)' if plan.stage == 'dpo' else ''} × {plan.max_length} "
+        f"{' (×2 sequences: chosen + rejected)' if pairs else ''} × {plan.max_length} "
         f"tokens, gradient accumulation {accumulation}, gradient checkpointing "
         f"{'on' if plan.gradient_checkpointing else 'off'}",
     ]
     lines.append(f"  attention          {plan.attention}"
                  + "".join(f"; {note}" for note in plan.options))
     if plan.reference:
-        lines.append(f"  DPO reference      {plan.reference}")
+        lines.append(f"  {plan.stage.upper() + ' reference':<19}{plan.reference}")
     lines.append("  per-GPU memory (GiB)")
     for key, value in plan.memory.items():
         lines.append(f"    {key:<30} {value / GIB:8.2f}")
@@ -318,7 +322,19 @@ def format_plan(plan: Plan, name: str = "") -> str:
     return "\n".join(lines)
 
 
-def plan_text(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int | None = None,
-              nodes: int | None = None) -> str:
-    return format_plan(plan_memory(cfg, stage, gpus_per_node, nodes), cfg.name)
+def memory_problems(cfg: "ExperimentConfig", stage: str, variant: str, sequences: int = 1,
+                    reference: str | None = None) -> list[tuple[str, str, str]]:
+    """Preflight: (key, what, fix) when the planned per-GPU memory of training stage `stage`
+    exceeds cluster.gpu_memory_gb (nothing to check on CPU jobs or without a memory size)."""
+    if cfg.cluster.gpus_per_node <= 0 or cfg.cluster.gpu_memory_gb <= 0:
+        return []
+    plan = plan_memory(cfg, stage, sequences=sequences, reference=reference)
+    if plan.fits:
+        return []
+    need = plan.total / GIB + RUNTIME_OVERHEAD_GIB
+    return [("cluster.gpu_memory_gb", f"{stage} ({variant}) needs {need:.1f} GiB per GPU "
+             "(`empo plan`), "
+             f"more than {cfg.cluster.gpu_memory_gb:g}",
+             f"lower {stage}.per_device_train_batch_size or {stage}.max_length, use "
+             f"{stage}.deepspeed=zero3, or more GPUs (see `empo plan CONFIG`)")]
 

@@ -25,7 +25,7 @@ from empo.launch.manifest import read_manifest
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 JOBS = PROJECT_ROOT / "jobs"
 SMOKE = "configs/experiments/smoke.yaml"
-WRAPPERS = ["sft", "dpo", "eval", "aggregate", "pipeline"]
+WRAPPERS = ["train", "sft", "dpo", "eval", "aggregate", "pipeline"]
 LOCAL = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=200M", "--time=5"]
 BIN = str(Path(sys.executable).parent)   # `empo` of this environment, as an activated venv has it
 
@@ -110,7 +110,7 @@ def test_wrappers_take_their_command_from_empo_job_run(wrapper):
     assert "container" not in "".join(l for l in text.splitlines() if not l.startswith("#"))
 
 
-@pytest.mark.parametrize("wrapper", ["sft", "dpo", "pipeline"])
+@pytest.mark.parametrize("wrapper", ["train", "sft", "dpo", "pipeline"])
 def test_wrappers_default_to_two_a100_nodes(wrapper):
     header = [l for l in (JOBS / f"{wrapper}.sbatch").read_text().splitlines()
               if l.startswith("#SBATCH")]
@@ -130,6 +130,8 @@ def test_pipeline_requeues_itself_before_the_time_limit():
     ("sft", [SMOKE, "seed=1", "lora.r=512"],
      ["stage", "sft", SMOKE, "lora.r=512", "--variant", "sft", "--seed", "1"]),
     ("dpo", [SMOKE, "seed=2"], ["stage", "dpo", SMOKE, "--variant", "sft_dpo", "--seed", "2"]),
+    ("train", [SMOKE, "stage=dpo", "seed=2"],
+     ["stage", "dpo", SMOKE, "--variant", "sft_dpo", "--seed", "2"]),
     ("eval", [SMOKE, "variant=sft_dpo", "seed=2"],
      ["stage", "eval", SMOKE, "--variant", "sft_dpo", "--seed", "2"]),
     ("eval", [SMOKE, "variant=sft", "seed=1", "stage=mmlu", "eval.mmlu.batch_size=2"],

@@ -133,7 +133,7 @@ def test_a_dpo_point_over_a_zipped_sft_sweep_starts_from_its_sft_point(make_conf
     cfg = make_config(sweep={"zip": {"lora.r": [16, 32], "lora.lora_alpha": [4, 8]},
                              "variants": ["sft", "sft_dpo"]})
     out = variants(cfg)
-    assert [(v.name, v.kind, v.sft) for v in out] == [
+    assert [(v.name, v.kind, v.start) for v in out] == [
         ("baseline", "baseline", None),
         ("sft@lora.r=16,lora.lora_alpha=4", "sft", None),
         ("sft_dpo@lora.r=16,lora.lora_alpha=4", "sft_dpo", "sft@lora.r=16,lora.lora_alpha=4"),
@@ -149,7 +149,7 @@ def test_a_beta_grid_over_zipped_ranks_trains_one_sft_run_per_zipped_point(make_
     cfg = make_config(sweep={"zip": {"lora.r": [16, 32], "lora.lora_alpha": [4, 8]},
                              "grid": {"dpo.beta": [0.01, 0.1]}, "variants": ["sft_dpo"]})
     out = variants(cfg)
-    assert {v.name: v.sft for v in out if v.kind == "sft_dpo"} == {
+    assert {v.name: v.start for v in out if v.kind == "sft_dpo"} == {
         "sft_dpo@lora.r=16,lora.lora_alpha=4,dpo.beta=0.01": "sft@lora.r=16,lora.lora_alpha=4",
         "sft_dpo@lora.r=16,lora.lora_alpha=4,dpo.beta=0.1": "sft@lora.r=16,lora.lora_alpha=4",
         "sft_dpo@lora.r=32,lora.lora_alpha=8,dpo.beta=0.01": "sft@lora.r=32,lora.lora_alpha=8",
@@ -165,7 +165,7 @@ def test_a_dpo_only_zipped_sweep_makes_one_sft_run_per_sft_relevant_point(make_c
     cfg = make_config(sweep={"zip": {"lora.r": [16, 32], "dpo.beta": [0.01, 0.1]},
                              "variants": ["sft_dpo"]})
     out = variants(cfg)
-    assert [(v.name, v.sft) for v in out if v.kind == "sft_dpo"] == [
+    assert [(v.name, v.start) for v in out if v.kind == "sft_dpo"] == [
         ("sft_dpo@lora.r=16,dpo.beta=0.01", "sft@lora.r=16"),
         ("sft_dpo@lora.r=32,dpo.beta=0.1", "sft@lora.r=32")]
     assert {v.name: v.config.lora.r for v in out if v.kind == "sft"} == {

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from empo.results.aggregate import METRICS, Row, Stat, aggregate
+from empo.metrics import metric_keys
+from empo.results.aggregate import Row, Stat, aggregate
 from empo.results.table import best_means, fmt_mean, fmt_number, fmt_sd, tex_escape, to_latex, \
     to_markdown
 
@@ -13,7 +14,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "results"
 
 
 def row(variant: str, n: int = 4, **means: float) -> Row:
-    stats = {m: Stat(means[m], 0.01, n) if m in means else Stat(None, None, 0) for m in METRICS}
+    stats = {m: Stat(means[m], 0.01, n) if m in means else Stat(None, None, 0)
+             for m in metric_keys()}
     return Row(variant, n, n, stats)
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from empo.config import load_config
 from empo.errors import ConfigError
-from empo.train.memory import format_plan, plan_memory
+from empo.stages import memory_plan as plan_memory
+from empo.train.memory import format_plan
 from trainutil import PROJECT_ROOT
 
 TABLE1 = PROJECT_ROOT / "configs" / "experiments" / "table1.yaml"

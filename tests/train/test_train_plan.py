@@ -8,7 +8,8 @@ import pytest
 from trainutil import PROJECT_ROOT, subprocess_env
 
 from empo.config import load_config
-from empo.train.memory import GIB, format_plan, plan_memory
+from empo.stages import memory_plan as plan_memory
+from empo.train.memory import GIB, format_plan
 
 TABLE1 = PROJECT_ROOT / "configs" / "experiments" / "table1.yaml"
 PAPER_LORA = 2_684_354_560  # r=1024 on all seven projections of Mistral-7B
