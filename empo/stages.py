@@ -61,7 +61,8 @@ class StageKind:
     starts_from: str | None = None          # the training stage whose adapter it continues
     tasks_per_gpu: bool = False             # one task per GPU (torch distributed), else one a node
     sequences: int = 1                      # sequences per example in a micro-batch (memory plan)
-    reference: str | None = None            # config key of its frozen reference (memory plan)
+    reference: str | None = None            # its frozen reference (memory plan): a mode
+                                            # (adapter_copy) or the config key holding it
     flops_per_token: int = 0                # per parameter: 6 (train), 8 (+ reference), 2 (eval)
     tokens: str | None = None               # "module:function" (cfg, kind, data) -> tokens/epoch
     plan: str | None = None                 # "module:function" memory plan (see `memory_plan`)
@@ -158,8 +159,8 @@ def training(name: str, run: str, label: str, help: str, variant: str | None = N
              ignores: tuple[str, ...] = ()) -> StageKind:
     """A training stage: trains a LoRA adapter from config section `name` (its own job, one task
     per GPU, resumable); `starts_from`: continues that stage's adapter of the same seed;
-    `pairs`: two sequences per example (chosen and rejected); `reference`: the config key of its
-    frozen reference, when it keeps one."""
+    `pairs`: two sequences per example (chosen and rejected); `reference`: the frozen reference
+    it keeps, a mode (adapter_copy) or the config key holding one (dpo.reference)."""
     return StageKind(name, run, job=name, resources="training", time_key=name,
                      checkpointable=True,
                      outputs=("adapter", "train_log.jsonl", "config.yaml", "checkpoints",
@@ -309,9 +310,9 @@ def preflight_problems(cfg: Any, kind: str, variant: str) -> list[tuple[str, str
 def _plan_facts(cfg: Any, entry: StageKind) -> dict[str, Any]:
     """What the memory plan needs to know of a training stage: sequences per example and the
     reference its config keeps."""
-    reference = None
-    if entry.reference:
-        section, _, field = entry.reference.partition(".")
+    reference = entry.reference
+    if reference and "." in reference:  # a config key: dpo.reference
+        section, _, field = reference.partition(".")
         reference = getattr(getattr(cfg, section), field)
     return {"sequences": entry.sequences, "reference": reference}
 
