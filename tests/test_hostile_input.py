@@ -571,3 +571,28 @@ def test_a_full_disk_names_the_file(ws, capsys):
         assert "Traceback" not in err and list(full.iterdir()) == []
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_results_of_earlier_versions_are_recognised_and_marked(ws, capsys):
+    """An experiment directory written before the marker existed (its experiment.yaml starts
+    with EmPO's header, as versions since the first wrote it) is EmPO's: status works and marks
+    it; the same directory with a foreign experiment.yaml is refused and left as it is."""
+    from empo.store import OWNER_MARKER
+
+    old = ws / "results" / "old"
+    old.mkdir()
+    text = (ws / "results" / "evil" / "experiment.yaml").read_text().replace(EMPO_HEADER, "")
+    (old / "experiment.yaml").write_text("# config hash: 0123abcd\n" + text.replace(
+        "name: evil", "name: old"))
+    (old / "runs" / "baseline" / "seed-1").mkdir(parents=True)
+    assert main(["status", str(old)]) == 0
+    assert (old / OWNER_MARKER).exists()
+    mine = ws / "results" / "mine"
+    mine.mkdir()
+    (mine / "experiment.yaml").write_text(text.replace("name: evil", "name: mine"))
+    (mine / "notes.txt").write_text("x")
+    before = tree_digest(mine)
+    capsys.readouterr()
+    assert main(["status", str(mine)]) == 2
+    assert "mine: not an EmPO experiment directory" in capsys.readouterr().err
+    assert tree_digest(mine) == before

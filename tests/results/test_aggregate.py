@@ -113,8 +113,8 @@ def test_variant_order_plain_then_sweep_in_config_order_then_others(tmp_path, wr
     runs = {v: {1: m} for v in ["zeta", "sft@lora.lora_alpha=64", "sft_dpo", "baseline",
                                 "sft@lora.lora_alpha=256", "alpha"]}
     store = write_store(tmp_path / "results" / "exp", runs, cfg)
-    in_config_order = ["baseline", "sft_dpo", "sft@lora.lora_alpha=256", "sft@lora.lora_alpha=64",
-                       "alpha", "zeta"]
+    # the config's variants only (issue 22.6): the stray alpha and zeta are named, not read
+    in_config_order = ["baseline", "sft_dpo", "sft@lora.lora_alpha=256", "sft@lora.lora_alpha=64"]
     assert list(read_table(aggregate(store, cfg))) == in_config_order
     # without cfg, the store's experiment.yaml gives the same order
     (store / "table.csv").unlink()
@@ -148,7 +148,7 @@ def test_extras_keep_only_numbers(tmp_path):
     ("[1, 2]", "JSON object"),
     ('{"mmlu": "high"}', "'mmlu'"),
     ('{"diff_er": null}', "'diff_er'"),
-    ('{"fbert": NaN}', "'fbert'"),
+    ('{"fbert": NaN}', "NaN is not a finite number"),
 ])
 def test_malformed_metrics_is_an_error_naming_the_file(table1_store, write_run, text, why):
     bad = write_run(table1_store, "sft", 5, text) / "metrics.json"
@@ -188,3 +188,22 @@ def test_an_invalid_experiment_yaml_is_a_config_error_naming_it(table1_store):
     (table1_store / "experiment.yaml").write_text("lora: {rank: 3}\n")
     with pytest.raises(ConfigError, match=r"experiment\.yaml.*lora\.rank.*did you mean"):
         load_rows(table1_store)
+
+
+def test_the_table_counts_only_the_configured_variants_and_seeds(tmp_path, write_store,
+                                                                 make_config, capsys):
+    """A seed directory left from an earlier `seeds` list, one copied in from another run and a
+    stray variant are left out of the table (n, means, bold marks) and named in one line
+    (issue 22.6)."""
+    cfg = make_config(seeds=[1], eval={"metrics": ["mmlu"]})
+    store = write_store(tmp_path / "results" / "exp", {
+        "baseline": {1: {"mmlu": 0.25}}, "sft": {1: {"mmlu": 0.5}, 2: {"mmlu": 0.9}},
+        "sft_dpo": {1: {"mmlu": 0.4}, 7: {"mmlu": 0.99}}, "copied": {1: {"mmlu": 1.0}}}, cfg)
+    table = read_table(aggregate(store, cfg))
+    assert list(table) == ["baseline", "sft", "sft_dpo"]
+    assert table["sft"]["n"] == "1" and float(table["sft"]["mmlu_mean"]) == 0.5
+    assert table["sft_dpo"]["n"] == "1" and float(table["sft_dpo"]["mmlu_mean"]) == 0.4
+    err = [line for line in capsys.readouterr().err.splitlines() if "ignores" in line]
+    assert len(err) == 1
+    for run in ("copied/seed-1", "sft/seed-2", "sft_dpo/seed-7"):
+        assert run in err[0]

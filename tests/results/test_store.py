@@ -61,9 +61,11 @@ def test_merge_json_keeps_other_keys_under_concurrency(tmp_path):
     assert merged == {"mmlu": 0.5, **{f"k{i}": i for i in range(8)}}
 
 
-def test_merge_json_refuses_corrupt_file(tmp_path):
+def test_merge_json_sets_a_corrupt_file_aside(tmp_path):
+    """A bad run-store file is moved aside with the reason (never lost) and written afresh; the
+    stages whose metrics it held are redone, as their output check finds them missing."""
     path = tmp_path / "metrics.json"
     path.write_text("{not json")
-    with pytest.raises(EmpoError, match="metrics.json"):
-        store.merge_json(path, {"a": 1})
-    assert path.read_text() == "{not json"
+    assert store.merge_json(path, {"a": 1}) == {"a": 1}
+    assert (tmp_path / "metrics.json.invalid-1").read_text() == "{not json"
+    assert "not valid JSON" in (tmp_path / "metrics.json.invalid-1.why").read_text()
