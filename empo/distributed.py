@@ -2,9 +2,11 @@
 applied only while a training stage runs (`scoped`), so nothing leaks into the process after it.
 
 Three cases: a launcher set it (torchrun, a plain sbatch wrapper); a multi-task submitit or SLURM
-job step (submitit's TorchDistributedEnvironment, read without exporting); a lone process (rank 0
-of 1 on a free local port). CUDA_VISIBLE_DEVICES is left alone so each rank picks
-cuda:LOCAL_RANK the way accelerate and DeepSpeed expect.
+job step (submitit's TorchDistributedEnvironment, read without exporting); a lone process: nothing
+at all (with WORLD_SIZE=1 set, transformers wraps the model in DDP for one process: slower, and
+a find_unused_parameters warning in every log), except under DeepSpeed, which needs a process
+group even alone (rank 0 of 1 on a free local port). CUDA_VISIBLE_DEVICES is left alone so each
+rank picks cuda:LOCAL_RANK the way accelerate and DeepSpeed expect.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def distributed_env() -> dict[str, str]:
-    """The variables this process trains with (see the module docstring for the three cases)."""
+def distributed_env(process_group: bool = False) -> dict[str, str]:
+    """The variables this process trains with (see the module docstring for the three cases);
+    `process_group`: a lone process gets rank 0 of 1 too (DeepSpeed), else nothing."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # a launcher's: kept as they are
         return {name: os.environ[name] for name in NAMES if name in os.environ}
     job = _job_env()
     if job is not None:
         return job
+    if not process_group:
+        return {}
     return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
             "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
             "MASTER_PORT": os.environ.get("MASTER_PORT") or str(free_port())}

@@ -150,10 +150,27 @@ def header_lines(stages: tuple[Stage, ...] | list[Stage]) -> list[str]:
     lines += [f"  config hash: {cfg.config_hash()}",
               f"  host: {socket.gethostname()} ({where})",
               f"  GPUs: {_gpus()}",
+              f"  threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
+              f"(task CPUs: {os.environ.get('SLURM_CPUS_PER_TASK', 'not set')})",
               f"  git commit: {commit}",
               f"  container image: {image if runtime != 'none' and image else 'none'}"
               + (f" ({runtime})" if runtime != "none" else "")]
     return lines
+
+
+ONE_LOG = "EMPO_ONE_LOG"  # set by a plain sbatch wrapper whose job writes one log for both
+
+
+def one_log() -> bool:
+    """Whether this process's stdout and stderr end in the same file: the same open file here,
+    or, under srun (a pipe each), the wrapper found them one (`ONE_LOG`)."""
+    if os.environ.get(ONE_LOG) == "1":
+        return True
+    try:
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
 
 
 def start_job_logging(stages: tuple[Stage, ...] | list[Stage]) -> None:
@@ -168,7 +185,10 @@ def start_job_logging(stages: tuple[Stage, ...] | list[Stage]) -> None:
         return
     lines = header_lines(stages)
     if in_job:
+        if os.environ.get("SLURM_PROCID", "0") != "0" and "SUBMITIT_EXECUTOR" not in os.environ:
+            return  # srun's tasks of a plain sbatch wrapper share one log: rank 0 writes it
         print("\n".join(lines), file=sys.stdout, flush=True)
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        if not one_log():  # sbatch's default: both streams in slurm-%j.out
+            print("\n".join(lines), file=sys.stderr, flush=True)
     else:
         logging.getLogger("empo.job").info("\n".join(lines))

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,15 @@ def build_launch(cfg: ExperimentConfig | None, args: WrapperArgs, env: dict[str,
     else:
         launch = ["bash", "-c", TASK_ENV, "empo-task", *command]
     hub = hub_environment(cfg) if cfg is not None else {}  # cluster.hf_home, cluster.offline
-    return Launch(command, launch, {**rendezvous(env), **hub})
+    return Launch(command, launch, {**rendezvous(env), **thread_env(env), **hub})
+
+
+def thread_env(env: dict[str, str]) -> dict[str, str]:
+    """OMP/MKL threads = the task's CPUs (SLURM_CPUS_PER_TASK), as the launcher's jobs get them
+    (`launch.job_environment`), unless the user set them: accelerate would otherwise pick 2."""
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    return {name: cpus for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+            if cpus.isdigit() and name not in env}
 
 
 def wrapper_config(args: WrapperArgs) -> ExperimentConfig | None:
@@ -210,11 +219,39 @@ def _scontrol_job(job_id: str) -> dict[str, str]:
     return dict(w.split("=", 1) for w in out.stdout.split() if "=" in w)
 
 
+def wrapper_job_name(cfg: ExperimentConfig, args: WrapperArgs) -> str:
+    """The name of a wrapper's job: `<experiment>:<stage>:<variant>:seed-<s>`."""
+    stage = args.stage or args.kind
+    return (job_name(cfg, stage) if args.kind in ("aggregate", "pipeline")
+            else job_name(cfg, stage, args.variant or default_variant(stage), args.seed))
+
+
+def sbatch_wrapper(kind: str, argv: list[str], jobs_dir: Path | None, options: list[str]) -> str:
+    """`empo job sbatch`: queue jobs/KIND.sbatch with `argv` (and sbatch `options`), named and
+    recorded at submission, so `empo status` shows it while it pends. Returns the job id."""
+    from empo.launch.experiment import write_experiment
+    from empo.pipeline import build_graph
+
+    args = parse_wrapper_args(kind, argv)
+    cfg = wrapper_config(args)
+    keys = stage_keys(cfg, args) if cfg is not None else []
+    if not keys:
+        raise LaunchError(f"empo job sbatch {kind}: no stage of the experiment to record; queue "
+                          f"it with `sbatch jobs/{kind}.sbatch ...` (recorded once it starts)")
+    graph = build_graph(cfg)
+    name = wrapper_job_name(cfg, args)
+    logs = cfg.experiment_dir / "jobs" / "sbatch"
+    write_experiment(cfg)  # `empo status results/<name>` works before the job starts
+    logs.mkdir(parents=True, exist_ok=True)
+    script = (jobs_dir or cfg.root / "jobs").resolve() / f"{kind}.sbatch"
+    return queue_wrapper(cfg, [f"--job-name={name}", f"--output={logs}/%x-%j.out", *options],
+                         script, argv,
+                         {key: graph.stages[key].fingerprint for key in keys}, name)
+
+
 def register_running_job(cfg: ExperimentConfig, args: WrapperArgs, env: dict[str, str]) -> str:
     """Name this SLURM job after its stage and record it in the manifest; returns the name."""
-    stage = args.stage or args.kind
-    name = (job_name(cfg, stage) if args.kind in ("aggregate", "pipeline")
-            else job_name(cfg, stage, args.variant or default_variant(stage), args.seed))
+    name = wrapper_job_name(cfg, args)
     job_id = env["SLURM_JOB_ID"]
     if env.get("SLURM_ARRAY_TASK_ID"):
         job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
@@ -250,7 +287,10 @@ def run_wrapper(kind: str, argv: list[str], dry_run: bool = False) -> int:
         name = register_running_job(cfg, args, env)
     print(f"empo job {env.get('SLURM_JOB_ID', 'local')} ({name}): {shell_words(launch.command)}",
           file=sys.stderr, flush=True)
-    status = subprocess.run(launch.launch, env={**env, **launch.env}).returncode
+    from empo.joblog import ONE_LOG, one_log
+
+    one = {ONE_LOG: "1"} if one_log() else {}  # srun gives the tasks a pipe each: tell them
+    status = subprocess.run(launch.launch, env={**env, **launch.env, **one}).returncode
     if status != 0:
         print(f"empo job: {name} failed (exit {status}); once fixed, resubmit the same job with\n"
               f"  sbatch jobs/{kind}.sbatch {shell_words(argv)}", file=sys.stderr, flush=True)
@@ -293,7 +333,6 @@ def submit_all(cfg: ExperimentConfig, config: str, overrides: list[str], jobs_di
         write_experiment(cfg)
         logs.mkdir(parents=True, exist_ok=True)
     ids: dict[str, str] = {}
-    entries: dict[str, dict[str, Any]] = {}
     for unit in units:
         wrapper, wargs = wrapper_call(unit, config, overrides, jobs_dir)
         name = (job_name(cfg, "aggregate") if unit.kind == "aggregate"
@@ -309,21 +348,44 @@ def submit_all(cfg: ExperimentConfig, config: str, overrides: list[str], jobs_di
             print(shell_words(argv))
             ids[unit.key] = f"<{unit.key}>"
             continue
-        run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        if run.returncode != 0:
+        try:
+            ids[unit.key] = queue_wrapper(cfg, options, jobs_dir / f"{wrapper}.sbatch", wargs,
+                                          {s.key: s.fingerprint for s in unit.stages}, unit.key)
+        except LaunchError as err:
             queued = list(ids.values())
             if queued:
                 subprocess.run(["scancel", *queued], capture_output=True, timeout=60)
             rolled = f"; cancelled the {len(queued)} job(s) queued before it" if queued else ""
-            raise LaunchError(f"sbatch refused {name!r}: {run.stderr.strip()}{rolled}")
-        ids[unit.key] = run.stdout.strip().split(";")[0]
-        out = str(logs / f"{name}-{ids[unit.key]}.out")
-        for stage in unit.stages:
-            entries[stage.key] = {"job_id": ids[unit.key], "array_id": None, "unit": unit.key,
-                                  "executor": "slurm", "folder": str(logs), "stdout": out,
-                                  "stderr": out, "submitted_at": now(),
-                                  "wrapper": f"jobs/{wrapper}.sbatch"}
+            raise LaunchError(f"{err}{rolled}") from None
         log.info("queued %s: %s", name, ids[unit.key])
-    if entries:
-        record_jobs(cfg, "slurm", logs, entries)
     return ids
+
+
+def queue_wrapper(cfg: ExperimentConfig, options: list[str], script: Path, wargs: list[str],
+                  stages: dict[str, str], unit: str) -> str:
+    """`sbatch OPTIONS SCRIPT WARGS` (OPTIONS hold --job-name and --output), recorded at
+    submission so `empo status` shows the job while it pends: its intent (stage key ->
+    fingerprint) goes into the manifest first, its SLURM comment names it, its id follows
+    (`launch/orphans.py` finds it if this process dies in between). Returns the job id."""
+    from empo.launch.manifest import add_intent, settle_intents
+    from empo.launch.orphans import job_comment
+
+    name = next(o.split("=", 1)[1] for o in options if o.startswith("--job-name="))
+    logs = Path(next(o.split("=", 1)[1] for o in options if o.startswith("--output="))).parent
+    token = uuid.uuid4().hex[:12]
+    comment = job_comment(cfg.experiment_dir, token, [stages])
+    add_intent(cfg.experiment_dir, {"token": token, "name": name, "comment": comment,
+                                    "folder": str(logs), "at": now(), "units": [stages]})
+    run = subprocess.run(["sbatch", "--parsable", f"--comment={comment}", *options, str(script),
+                          *wargs], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        settle_intents(cfg.experiment_dir, {token}, [], {})
+        raise LaunchError(f"sbatch refused {name!r}: {run.stderr.strip()}")
+    job_id = run.stdout.strip().split(";")[0]
+    out = str(logs / f"{name}-{job_id}.out")
+    entry = {"job_id": job_id, "array_id": None, "unit": unit, "executor": "slurm",
+             "folder": str(logs), "stdout": out, "stderr": out, "submitted_at": now(),
+             "wrapper": f"jobs/{script.name}"}
+    record_jobs(cfg, "slurm", logs, {key: {**entry, "fingerprint": fp} for key, fp in stages.items()},
+                resolved=(token,))
+    return job_id

@@ -44,10 +44,10 @@ LOG_FIELDS = (
 
 
 @contextlib.contextmanager
-def training_env() -> Iterator[dict[str, str]]:
+def training_env(deepspeed: bool = False) -> Iterator[dict[str, str]]:
     """The torch distributed environment (`empo.distributed`) in os.environ while a training
-    stage builds and trains, and not after."""
-    env = distributed_env()
+    stage builds and trains, and not after; none for a lone process unless it uses `deepspeed`."""
+    env = distributed_env(process_group=deepspeed)
     if env.get("WORLD_SIZE", "1") != "1":
         log.info("torch distributed env: rank %s of %s, master %s:%s", env["RANK"],
                  env["WORLD_SIZE"], env.get("MASTER_ADDR"), env.get("MASTER_PORT"))

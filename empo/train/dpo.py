@@ -238,7 +238,8 @@ def train_dpo(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Pa
     if done is not None:
         log.info("DPO seed %s is done: %s", seed, done)
         return done
-    with common.training_env():  # the distributed variables exist while it trains
+    deepspeed = common.deepspeed_config_path(cfg, "dpo") is not None
+    with common.training_env(deepspeed):  # the distributed variables, while it trains
         trainer = build_dpo_trainer(cfg, seed, out_dir, Path(sft_adapter))
         common.start_stage(cfg, out_dir)
         return common.run_training(trainer, out_dir)

@@ -93,7 +93,8 @@ def train_sft(cfg: "ExperimentConfig", seed: int, out_dir: Path) -> Path:
     if done is not None:
         log.info("SFT seed %s is done: %s", seed, done)
         return done
-    with common.training_env():  # the distributed variables exist while it trains
+    deepspeed = common.deepspeed_config_path(cfg, "sft") is not None
+    with common.training_env(deepspeed):  # the distributed variables, while it trains
         trainer = build_sft_trainer(cfg, seed, out_dir)
         common.start_stage(cfg, out_dir)
         return common.run_training(trainer, out_dir)

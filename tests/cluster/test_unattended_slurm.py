@@ -208,3 +208,46 @@ def test_cost_counts_every_job_the_experiment_queued_as_sacct_does(slurm_cluster
     assert sorted(share) == [("CANCELLED", "no"), ("COMPLETED", "yes")], rows
     assert cpu > 0 and abs(float(rows[-1]["cpu_hours"]) - cpu) < 1e-5
     assert abs(float(rows[-1]["gpu_hours"]) - gpu) < 1e-5
+
+
+def test_a_hand_queued_wrapper_job_is_named_recorded_and_shown_while_it_pends(
+        slurm_cluster, tmp_path, capsys, monkeypatch, experiment):
+    """`empo job sbatch` (the wrappers' hand-queued path): named and in the manifest while it
+    pends, before any experiment.yaml existed; once it runs, its log has the job header once and
+    OMP_NUM_THREADS = the task's CPUs."""
+    from empo.config import load_config
+    from empo.pipeline import build_graph
+    from fakes import finish_training_and_mmlu
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    config = str(ROOT / "configs/experiments/smoke.yaml")  # the wrappers' own resources
+    overrides = [f"results_dir={tmp_path}", f"name={experiment}", "eval.metrics=[mmlu]"]
+    local = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=1G"]
+    env = slurm_cluster.env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+    def queue(*words: str) -> str:
+        run = subprocess.run([sys.executable, "-m", "empo.cli", "job", "sbatch", *words],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.strip()
+
+    held = queue("sft", config, *overrides, "seed=1", "--", *local, "--hold")
+    assert queued(slurm_cluster, experiment) == [held]
+    status = status_json(tmp_path / experiment, capsys)["sft/sft/seed-1"]
+    assert (status["state"], status["job_id"]) == ("pending", held)
+    shown = subprocess.run(["squeue", "-h", "-j", held, "-o", "%j"], capture_output=True,
+                           text=True, env=env, timeout=30).stdout.strip()
+    assert shown == f"{experiment}:sft:sft:seed-1"
+    subprocess.run(["scancel", held], env=env, timeout=30, check=True)
+
+    finish_training_and_mmlu(build_graph(load_config(config, overrides)))  # its stages skip
+    done = queue("eval", config, *overrides, "variant=sft", "seed=1", "--", *local)
+    deadline = time.time() + 400  # the shared cluster may be busy
+    while queued(slurm_cluster, experiment):
+        assert time.time() < deadline
+        time.sleep(1)
+    log = Path(read_manifest(tmp_path / experiment)["jobs"]["mmlu/sft/seed-1"]["stdout"])
+    assert log.name == f"{experiment}:eval:sft:seed-1-{done}.out"
+    text = log.read_text()
+    assert text.count("empo job: mmlu/sft/seed-1") == 1, text
+    assert "threads: OMP_NUM_THREADS=1 (task CPUs: 1)" in text, text

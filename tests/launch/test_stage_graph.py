@@ -178,11 +178,12 @@ def test_distributed_env_comes_from_the_job_only_with_several_tasks(monkeypatch)
                  "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(name, "")  # recorded, so the test leaves the environment as it was
         monkeypatch.delenv(name)
-    assert distributed_env()["WORLD_SIZE"] == "1"  # a plain process: rank 0 of 1
+    assert distributed_env() == {}  # a plain process: no distributed variables at all
+    assert distributed_env(process_group=True)["WORLD_SIZE"] == "1"  # DeepSpeed: rank 0 of 1
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
     monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "1")
-    assert distributed_env()["WORLD_SIZE"] == "1" and process_rank() == 0
+    assert distributed_env() == {} and process_rank() == 0
     monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
     monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
     monkeypatch.setenv("SUBMITIT_LOCAL_LOCALID", "1")

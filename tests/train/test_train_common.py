@@ -98,12 +98,16 @@ def test_deepspeed_json_that_does_not_parse_names_the_file_and_line(make_cfg, tm
         common.load_deepspeed_config(make_cfg(f"sft.deepspeed={bad}"), "sft")
 
 
-def test_single_process_gets_a_distributed_env_only_while_it_trains(monkeypatch):
+def test_single_process_gets_a_distributed_env_only_under_deepspeed_and_only_while_it_trains(
+        monkeypatch):
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR",
              "SLURM_STEP_ID")
     for key in names:
         monkeypatch.delenv(key, raising=False)
-    with common.training_env() as env:
+    with common.training_env() as env:  # one process, no DeepSpeed: no DDP for a world of one
+        assert env == {} and not [key for key in names if key in os.environ]
+        assert common.is_rank_zero() and common.world_size() == 1
+    with common.training_env(deepspeed=True) as env:
         assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"]) == (
             "0", "1", "0", "127.0.0.1")
         assert 0 < int(env["MASTER_PORT"]) < 65536 and os.environ["MASTER_PORT"] == env["MASTER_PORT"]
