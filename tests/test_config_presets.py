@@ -221,3 +221,23 @@ def test_the_seed_structure_fields_enter_no_fingerprint_but_their_effect_does(tm
     assert [s for s in base if shared[s].fingerprint != base[s].fingerprint] == [2, 3, 4]
     jittered = dpo_stages(TABLE1, tmp_path, "dpo.betas={3: 0.0249}")
     assert [s for s in base if jittered[s].fingerprint != base[s].fingerprint] == [3]
+
+
+@pytest.mark.parametrize("name, dependency, structure", [
+    ("table1.yaml", "aftercorr:<sft/sft>", "independent chains"),
+    ("table1_code_508bd49.yaml", "afterok:<sft/sft>_0",
+     "every DPO run continues the SFT adapter of seed 1; beta per seed 1: 0.025, 2: 0.025, "
+     "3: 0.0249, 4: 0.0251")])
+def test_dry_run_and_plan_show_the_seed_structure(name, dependency, structure, tmp_path, capsys,
+                                                   monkeypatch, tiny_assets):
+    """The dry run's DPO array waits on SFT task by task (its own seed) or on SFT seed 1's task
+    alone; `empo plan --stage dpo` says which."""
+    from empo.cli import main
+
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-cluster.conf"))
+    config = str(ROOT / "configs" / "experiments" / name)
+    assert main(["submit", "--dry-run", config, f"results_dir={tmp_path}", "--no-preflight"]) == 0
+    dpo_line = next(line for line in capsys.readouterr().out.splitlines() if "dpo/sft_dpo" in line)
+    assert dependency in dpo_line
+    assert main(["plan", config, "--stage", "dpo", f"data.source={tiny_assets / 'ed'}"]) == 0
+    assert f"seed structure: {structure}" in capsys.readouterr().out

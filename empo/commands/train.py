@@ -56,7 +56,9 @@ def _train(args: argparse.Namespace) -> int:
 
     entry = REGISTRY[args.stage]
     cfg = load_experiment(args)
-    cfg.seeds = [args.seed]  # any seed (seeds are directories, not part of the config's identity)
+    # any seed (seeds are directories, not part of the config's identity); with dpo.sft_seed the
+    # SFT run every DPO run continues is in the graph too
+    cfg.seeds = sorted({args.seed, cfg.dpo.sft_seed} - {None})
     if entry.variant not in cfg.variants:  # a stage of a variant the experiment does not list
         cfg.variants = [*cfg.variants, entry.variant]
     graph = build_graph(cfg)
@@ -68,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
             why = found[1] if found else f"{before.directory} is unfinished"
             raise TrainError(f"{entry.starts_from.upper()} adapter {stage.adapter} is missing or "
                              f"unusable ({why}): run `empo train {entry.starts_from} "
-                             f"{args.config} --seed {args.seed}` first")
+                             f"{args.config} --seed {before.seed}` first")
     stage.run()
     print(stage.directory / "adapter")
     return 0
@@ -80,6 +82,8 @@ def _plan(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args)
     print(format_plan(memory_plan(cfg, args.stage, args.gpus, args.nodes), cfg.name))
+    if args.stage == "dpo":
+        print(f"seed structure: {cfg.dpo.seed_structure(cfg.seeds)}")
 
     try:
         print(estimate_text(estimate(cfg, args.throughput)))
