@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -100,7 +101,7 @@ def file_lock(path: Path, blocking: bool = True, what: str = "") -> Iterator[Non
     path = Path(path)
     tries = 0
     while True:
-        handle = open(path, "a+")
+        handle = _open_lock(path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except OSError as err:
@@ -135,6 +136,22 @@ def file_lock(path: Path, blocking: bool = True, what: str = "") -> Iterator[Non
             os.unlink(path)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _open_lock(path: Path) -> Any:
+    """The lock file, created if missing, opened without following a symlink or blocking;
+    EmpoError for anything but a regular file (a FIFO or a link put in its place)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise EmpoError(f"{path}: the lock file is a symbolic link; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise EmpoError(f"{path}: the lock file is not a regular file; remove it")
+    return os.fdopen(fd, "a+", errors="replace")
 
 
 def lock_holder(path: Path) -> ProcessId | None:
@@ -325,10 +342,10 @@ def _unchanged_since_checked(check):
 
     def cached(path: Path, *args: Any) -> str | None:
         try:
-            stat = os.stat(path)
+            info = os.stat(path)
         except OSError:
             return check(path, *args)
-        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, *args)
+        key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, *args)
         if key not in seen:
             if len(seen) > 4096:
                 seen.clear()
