@@ -124,6 +124,7 @@ def test_the_seeker_encoder_stays_frozen_and_the_responder_trains(annotations, e
     assert not torch.equal(state[f"responder_encoder.roberta.{key}"], pretrained[key])
 
 
+@pytest.mark.slow  # tier: trains and evaluates on every real annotation (27 s on the loaded box)
 def test_training_on_the_real_annotations_gives_scorable_checkpoints(shared_dir, encoder,
                                                                       tmp_path):
     out = tmp_path / "classifiers"

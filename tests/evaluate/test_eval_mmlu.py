@@ -43,6 +43,7 @@ def test_adapter_for_another_base_is_refused_before_loading(tiny_assets, tmp_pat
     assert not (tmp_path / "mmlu_results.json").exists()
 
 
+@pytest.mark.slow  # tier: lm-eval indexes every task to refuse one (40 s on the loaded box)
 def test_unknown_task_is_refused(tiny_assets, tmp_path):
     with pytest.raises(EvalError, match="no task or group mmlu_nope"):
         run_mmlu(str(tiny_assets / "model"), tasks=["mmlu_nope"],

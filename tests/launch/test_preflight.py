@@ -148,6 +148,7 @@ def test_dry_run_without_a_cluster_writes_the_scripts_and_queues_nothing(tiny, t
     assert not (tmp_path / "results" / "smoke" / "experiment.yaml").exists()
 
 
+@pytest.mark.slow  # tier: a stage subprocess from a freshly fetched cache (27 s on the loaded box)
 def test_fetch_fills_a_fresh_cache_that_offline_preflight_then_accepts(tiny, tmp_path,
                                                                        monkeypatch, capsys):
     """The Hub is mocked (no network here): snapshot_download copies the tiny model into the

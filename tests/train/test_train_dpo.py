@@ -49,6 +49,7 @@ def dpo_run(make_cfg, sft_run, tmp_path_factory):
     return out, recorder, cfg
 
 
+@pytest.mark.slow  # tier: reads dpo_run, a 72-step DPO training (58 s on the loaded box)
 def test_epoch_k_trains_on_draw_k(dpo_run):
     from empo.train.dpo import preference_dataset
 
@@ -62,6 +63,7 @@ def test_epoch_k_trains_on_draw_k(dpo_run):
         assert recorder.seen[k] == draws[k], f"epoch {k} did not see exactly draw {k}"
 
 
+@pytest.mark.slow  # tier: reads dpo_run, a 72-step DPO training (58 s on the loaded box)
 def test_dpo_writes_adapter_log_config_and_done(dpo_run):
     out, _, _ = dpo_run
     assert is_done(out) and (out / "config.yaml").is_file()
@@ -74,6 +76,7 @@ def test_dpo_writes_adapter_log_config_and_done(dpo_run):
     assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy == reference at the start
 
 
+@pytest.mark.slow  # tier: reads dpo_run, a 72-step DPO training (58 s on the loaded box)
 def test_dpo_adapter_continues_the_sft_adapter(dpo_run, sft_run, tiny_assets):
     import torch
     from peft import PeftModel

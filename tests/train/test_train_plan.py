@@ -16,6 +16,7 @@ PAPER_LORA = 2_684_354_560  # r=1024 on all seven projections of Mistral-7B
 MISTRAL_7B = 7_241_732_096
 
 
+@pytest.mark.slow  # tier: a CLI subprocess importing deepspeed (23 s on the loaded box)
 def test_cli_prints_the_paper_sft_numbers_without_loading_weights():
     proc = subprocess.run([sys.executable, "-m", "empo.cli", "plan", str(TABLE1)], capture_output=True,
                           text=True, env=subprocess_env(), cwd=PROJECT_ROOT, timeout=300)
