@@ -24,8 +24,8 @@ from empo.executors import EXECUTORS, SlurmOptions
 from empo.options import attention_problem
 from empo.metrics import metric_stages
 from empo.trainer_fields import REFUSED, trl_fields
-from empo.validate import (check_name, check_override_text, check_range, check_text, load_yaml,
-                           read_text)
+from empo.validate import (Range, check_name, check_override_text, check_range, check_text,
+                           load_yaml, read_text)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -184,6 +184,20 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
+class KTOConfig(TrainConfig):
+    """KTO (trl's KTOTrainer) from the SFT adapter of the same seed, on the same pairs as DPO
+    unpaired: chosen desirable, rejected undesirable; one fresh rejected draw per epoch. Other trl
+    KTOConfig fields (desirable_weight, undesirable_weight, loss_type) pass through.
+
+    beta: KTO temperature (trl's default 0.1; the paper has no KTO run).
+    """
+
+    trl_config: ClassVar[str] = "trainer/kto_config.py:KTOConfig"
+    num_train_epochs: int = 3
+    beta: float = field(default=0.1, metadata={"range": Range(0, 100, open_lo=True)})
+
+
+@dataclass
 class GenerationConfig:
     """Response generation for the eval split (greedy by default).
 
@@ -328,6 +342,7 @@ class ExperimentConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

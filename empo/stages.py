@@ -183,6 +183,7 @@ REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
              variant="sft_dpo", starts_from="sft",
              pairs=True, reference="dpo.reference",  # seed structure: in the deps and dpo.beta
              ignores=("dpo.sft_seed", "dpo.betas")),
+    training("kto", "empo.train.kto:train_kto", "KTO", "KTO from the SFT adapter of the same seed", variant="sft_kto", starts_from="sft", pairs=True, reference="adapter_copy"),
     StageKind("epitome_train", "empo.stages:epitome_train", job="epitome_train",
               resources="eval", time_key="eval", depends_on=("eval.epitome",),
               ignores=("eval.epitome.batch_size", "eval.epitome.padding")),
