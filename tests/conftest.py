@@ -90,6 +90,15 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny() -> Path:
+    """The smoke config's own tiny assets (assets/tiny in the checkout, what
+    configs/experiments/smoke.yaml names): built once per checkout, then reused."""
+    from empo.assets import ensure_tiny_assets
+
+    return ensure_tiny_assets(PROJECT_ROOT / "assets" / "tiny")
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared (the design data); tests that read it skip where a clone has none."""
     if not SHARED.is_dir():

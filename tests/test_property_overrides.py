@@ -143,13 +143,6 @@ def test_any_override_validates_or_is_one_line(ws, capsys, monkeypatch, override
     assert snapshot(ws) == before
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Path:
-    from empo.assets import ensure_tiny_assets
-
-    return ensure_tiny_assets(PROJECT_ROOT / "assets" / "tiny")
-
-
 @pytest.mark.slow  # each example renders the whole graph's scripts
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -23,14 +23,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = PROJECT_ROOT / "configs" / "experiments" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """The tiny assets, once (the smoke config's copy when it is there)."""
-    from empo.assets import ensure_tiny_assets
-
-    return ensure_tiny_assets(PROJECT_ROOT / "assets" / "tiny")
-
-
 def smoke(tmp_path: Path, *more: str) -> list[str]:
     return [str(SMOKE), f"results_dir={tmp_path / 'results'}", *more]
 

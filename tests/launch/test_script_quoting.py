@@ -62,13 +62,6 @@ def run_bash(script: Path | str, bin_dir: Path, *args: str) -> subprocess.Comple
                           timeout=60, cwd=bin_dir.parent / "flags")
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Path:
-    from empo.assets import ensure_tiny_assets
-
-    return ensure_tiny_assets(PROJECT_ROOT / "assets" / "tiny")
-
-
 @pytest.mark.parametrize("runtime", ["none", "apptainer", "pyxis"])
 def test_every_sbatch_script_runs_only_its_command(tiny, tmp_path, stand_ins, monkeypatch, capsys,
                                                    runtime):
