@@ -129,8 +129,9 @@ def _prepare_dataset(asset: Asset, home: Path) -> None:
 def _epitome(asset: Asset) -> Row:
     from empo.evaluate.epitome_layout import CHECKPOINT_FILES, checkpoint_problems, sha256
 
-    how = ("the published finetuned_{ER,EX,IP}.pth (README: 'EPITOME checkpoints'), or "
-           "eval.epitome.checkpoints: train")
+    how = ("the published finetuned_{ER,EX,IP}.pth of Lee et al. 2022 (linked from the README of "
+           "github.com/passing2961/EmpGPT-3, a Google Drive folder; download by hand; README: "
+           "'EPITOME checkpoints'), or eval.epitome.checkpoints: train")
     if asset.path is None:
         return Row(asset.key, "(not set)", None, "-", "missing", how)
     problems = checkpoint_problems(asset.path)

@@ -35,7 +35,7 @@ NOT_TRAINING_DATA = ("data.eval_split", "data.max_eval_examples")
 SHARED_FILE = "shared_from.json"
 # What a baseline share copies (those present): the eval outputs of a run directory.
 SHARED_OUTPUTS = ("predictions.jsonl", "metrics.json", "epitome_items.jsonl",
-                  "bertscore_items.jsonl", "mmlu_results.json")
+                  "epitome_checkpoints.json", "bertscore_items.jsonl", "mmlu_results.json")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,8 @@ REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
                        "data.sampling", "eval.generation.batch_size"),
               reads="adapter", flops_per_token=2, tokens="empo.estimate:generation_tokens"),
     StageKind("epitome", "empo.stages:epitome", job="eval", resources="eval", time_key="eval",
-              outputs=("epitome_items.jsonl",), depends_on=("eval.epitome",),
+              outputs=("epitome_items.jsonl", "epitome_checkpoints.json"),
+              depends_on=("eval.epitome",),
               ignores=("eval.epitome.batch_size",), reads="predictions",
               assets="empo.hub:epitome_assets"),
     StageKind("bertscore", "empo.stages:bertscore", job="eval", resources="eval",

@@ -30,6 +30,7 @@ def add_preflight_args(parser: argparse.ArgumentParser) -> None:
 def _fetch(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from empo.evaluate.epitome_layout import PUBLISHED_SHA256
     from empo.fetch import fetch, human
     from empo.launch.preflight import PreflightError, Problem
     from empo.launch.status import console
@@ -44,7 +45,11 @@ def _fetch(args: argparse.Namespace) -> int:
     console().print(table)
     for row in rows:
         for name, digest in (row.sha256 or {}).items():
-            print(f"sha256 {digest}  {row.where}/{name}")
+            published = PUBLISHED_SHA256.get(name)
+            note = "" if published is None else (
+                "  (= the published sha256)" if digest == published else
+                f"  (differs from the published {published[:12]}…)")
+            print(f"sha256 {digest}  {row.where}/{name}{note}")
     missing = [Problem(r.key, f"{r.asset} {r.state}", r.how) for r in rows if not r.ok]
     if missing:
         raise PreflightError(missing, what="the others are staged")

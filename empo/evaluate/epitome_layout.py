@@ -130,3 +130,26 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# The sha256 of the published files where one is written down: passing2961/EmpGPT-3 (Lee et al.,
+# 2022, whose README links the checkpoints) lists EX and IP in modules/empathy_scorer.py
+# (RESOURCES, ParlAI's download check); the EmPO authors copied that list, commented out
+# (ondrejsotolar/empo@508bd49 src/diff_epitome.py:26-38). No one lists ER's.
+PUBLISHED_SHA256 = {
+    "finetuned_EX.pth": "4f43ceb2526e008a2093856208abb878f14236dd54e4fdcdfdd4ccbeb9c08178",
+    "finetuned_IP.pth": "e80d1bcfb75f7046961ed71cfd2eada2d939f7f1191e169b0b4aa68e9b6054dc",
+}
+DIGESTS_FILE = "epitome_checkpoints.json"  # per run: what the diff-EPITOME scores were made with
+
+
+def checkpoint_digests(directory: Path) -> dict[str, dict[str, str | bool | None]]:
+    """Per finetuned_{ER,EX,IP}.pth in `directory`: its sha256, the published one where known
+    (PUBLISHED_SHA256) and whether they match (None: nothing published to compare with)."""
+    out: dict[str, dict[str, str | bool | None]] = {}
+    for name in CHECKPOINT_FILES.values():
+        digest = sha256(Path(directory) / name)
+        published = PUBLISHED_SHA256.get(name)
+        out[name] = {"sha256": digest, "published_sha256": published,
+                     "matches_published": None if published is None else digest == published}
+    return out

@@ -11,7 +11,8 @@ from typing import Any
 from empo.config import ExperimentConfig
 from empo.errors import EvalError
 from empo.evaluate import read_jsonl
-from empo.store import atomic_write_jsonl, is_done, mark_done, merge_json
+from empo.evaluate.epitome_layout import DIGESTS_FILE, checkpoint_digests
+from empo.store import atomic_write_json, atomic_write_jsonl, is_done, mark_done, merge_json
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
 
 def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
                   checkpoints: Path | None = None) -> dict[str, Any]:
-    """diff-EPITOME of run_dir/predictions.jsonl (+ per-item levels in epitome_items.jsonl), with
-    `checkpoints` (the pipeline's trained ones) or else eval.epitome.checkpoints."""
+    """diff-EPITOME of run_dir/predictions.jsonl (+ per-item levels in epitome_items.jsonl and
+    the classifiers' sha256 in epitome_checkpoints.json), with `checkpoints` (the pipeline's
+    trained ones) or else eval.epitome.checkpoints."""
     run_dir = Path(run_dir)
     if is_done(run_dir, "epitome"):
         return _stored(run_dir, EPITOME_KEYS)
@@ -170,11 +172,13 @@ def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
         raise EvalError("eval.epitome.checkpoints is not set: a directory with the published "
                         "finetuned_ER.pth, finetuned_EX.pth and finetuned_IP.pth, or 'train' "
                         "(trained from eval.epitome.train_data, see `empo epitome train`)")
-    metrics = epitome_file(run_dir / PREDICTIONS, checkpoints or cfg.resolve(settings.checkpoints),
-                           cfg.local_or_name(settings.encoder),
+    directory = checkpoints or cfg.resolve(settings.checkpoints)
+    metrics = epitome_file(run_dir / PREDICTIONS, directory, cfg.local_or_name(settings.encoder),
                            cfg.local_or_name(settings.tokenizer), settings.padding,
                            settings.batch_size, per_item=run_dir / "epitome_items.jsonl",
                            drop_empty=cfg.eval.drop_empty_predictions)
+    atomic_write_json(run_dir / DIGESTS_FILE, {"directory": str(directory),
+                                               "files": checkpoint_digests(directory)})
     return _finish(run_dir, "epitome", metrics)
 
 
