@@ -65,7 +65,7 @@ def slurm_answers() -> bool:
     file: the clients would then spend half a minute on DNS lookups)."""
     import os
 
-    from empo.launch.backends.slurm import _run
+    from empo.launch.accounting import _run
 
     conf = os.environ.get("SLURM_CONF")
     if shutil.which("sbatch") is None or (conf and not os.path.exists(conf)):

@@ -18,7 +18,7 @@ from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
 from empo.executors import SlurmOptions
 from empo.launch import job_environment
-from empo.launch.accounting import JobInfo, slurm_job_info
+from empo.launch.accounting import JobInfo, _run, slurm_job_info
 from empo.launch.backends import Backend, Entry
 from empo.launch.containers import ContainerCommand
 from empo.launch.jobs import plan_units
@@ -139,17 +139,6 @@ def _script_only_executor(folder: Path, python: str | None, max_requeues: int) -
 
 
 # ----------------------------------------------------------------------------- preflight
-
-def _run(argv: list[str]) -> str | None:
-    """stdout of a SLURM client command, None when it is missing or fails."""
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
 
 def partition_info(name: str | None) -> dict[str, str] | None:
     """`scontrol show partition NAME` as key -> value (the default partition when None)."""
