@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,6 +263,21 @@ def train_log_callback(out_dir: Path) -> "TrainerCallback":
                 atomic_write_jsonl(path, train_log_rows(state.log_history))
 
     return TrainLog()
+
+
+def train_stage(cfg: "ExperimentConfig", stage: str, seed: int, out_dir: Path,
+                build: Callable[[], "Trainer"]) -> Path:
+    """Run (or resume) training stage `stage` into `out_dir` with the trainer `build()` makes
+    inside the distributed environment; returns the adapter directory (a finished stage's as is)."""
+    out_dir = Path(out_dir)
+    done = done_adapter(out_dir)
+    if done is not None:
+        log.info("%s seed %s is done: %s", stage.upper(), seed, done)
+        return done
+    with training_env(deepspeed_config_path(cfg, stage) is not None):  # while it trains
+        trainer = build()
+        start_stage(cfg, out_dir)
+        return run_training(trainer, out_dir)
 
 
 def start_stage(cfg: "ExperimentConfig", out_dir: Path) -> None:

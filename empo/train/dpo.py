@@ -233,13 +233,5 @@ def build_dpo_trainer(
 
 def train_dpo(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path) -> Path:
     """Run (or resume) the DPO stage into `out_dir` from `sft_adapter`; returns the adapter dir."""
-    out_dir = Path(out_dir)
-    done = common.done_adapter(out_dir)
-    if done is not None:
-        log.info("DPO seed %s is done: %s", seed, done)
-        return done
-    deepspeed = common.deepspeed_config_path(cfg, "dpo") is not None
-    with common.training_env(deepspeed):  # the distributed variables, while it trains
-        trainer = build_dpo_trainer(cfg, seed, out_dir, Path(sft_adapter))
-        common.start_stage(cfg, out_dir)
-        return common.run_training(trainer, out_dir)
+    return common.train_stage(cfg, "dpo", seed, out_dir, lambda: build_dpo_trainer(
+        cfg, seed, Path(out_dir), Path(sft_adapter)))

@@ -10,7 +10,6 @@ each epoch's start (`dpo.EpochDraws`). The reference is trl's frozen copy of the
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +22,6 @@ if TYPE_CHECKING:
     from trl import KTOTrainer
 
     from empo.config import ExperimentConfig
-
-log = logging.getLogger(__name__)
-
 
 def build_kto_trainer(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path,
                       callbacks: list[Any] | None = None) -> "KTOTrainer":
@@ -63,13 +59,5 @@ def build_kto_trainer(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_ada
 
 def train_kto(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path) -> Path:
     """Run (or resume) the KTO stage into `out_dir` from `sft_adapter`; returns the adapter dir."""
-    out_dir = Path(out_dir)
-    done = common.done_adapter(out_dir)
-    if done is not None:
-        log.info("KTO seed %s is done: %s", seed, done)
-        return done
-    deepspeed = common.deepspeed_config_path(cfg, "kto") is not None
-    with common.training_env(deepspeed):  # the distributed variables, while it trains
-        trainer = build_kto_trainer(cfg, seed, out_dir, Path(sft_adapter))
-        common.start_stage(cfg, out_dir)
-        return common.run_training(trainer, out_dir)
+    return common.train_stage(cfg, "kto", seed, out_dir, lambda: build_kto_trainer(
+        cfg, seed, Path(out_dir), Path(sft_adapter)))

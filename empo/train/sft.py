@@ -8,7 +8,6 @@ everything but the assistant contents + EOS; no token is added and the embedding
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     from trl import SFTTrainer
 
     from empo.config import ExperimentConfig
-
-log = logging.getLogger(__name__)
 
 
 def sft_dataset(cfg: "ExperimentConfig") -> "Dataset":
@@ -88,13 +85,5 @@ def build_sft_trainer(
 
 def train_sft(cfg: "ExperimentConfig", seed: int, out_dir: Path) -> Path:
     """Run (or resume) the SFT stage into `out_dir`; returns the adapter directory."""
-    out_dir = Path(out_dir)
-    done = common.done_adapter(out_dir)
-    if done is not None:
-        log.info("SFT seed %s is done: %s", seed, done)
-        return done
-    deepspeed = common.deepspeed_config_path(cfg, "sft") is not None
-    with common.training_env(deepspeed):  # the distributed variables, while it trains
-        trainer = build_sft_trainer(cfg, seed, out_dir)
-        common.start_stage(cfg, out_dir)
-        return common.run_training(trainer, out_dir)
+    return common.train_stage(cfg, "sft", seed, out_dir,
+                              lambda: build_sft_trainer(cfg, seed, Path(out_dir)))
