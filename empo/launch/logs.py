@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from empo.errors import LaunchError
+from empo.launch.backends import backend
 from empo.pipeline import Graph
 from empo.reader import LOG_LIMIT, inside, open_regular
 
@@ -36,14 +37,14 @@ def log_path(graph: Graph, manifest: dict[str, Any], key: str, err: bool) -> tup
         why = "it is done (run before the manifest recorded jobs)" if stage.is_done() else \
             "it was never submitted"
         raise LaunchError(f"{key}: no job in {graph.experiment_dir / 'manifest.json'}: {why}")
-    path = entry.get("stderr" if err else "stdout")
-    if not path:
+    path = backend(entry["executor"]).logs(entry, err)
+    if path is None:
         raise LaunchError(f"{key}: job {entry['job_id']} has no {'stderr' if err else 'stdout'} log "
                           "recorded")
     if not inside(path, graph.experiment_dir):
         raise LaunchError(f"{key}: the manifest names the log {path}, outside "
                           f"{graph.experiment_dir}; only logs inside the experiment are shown")
-    return Path(path), entry
+    return path, entry
 
 
 def _live(entry: dict[str, Any], experiment_dir: Path) -> bool:
