@@ -169,3 +169,18 @@ def test_plot_draws_the_scatter_of_the_scored_runs(scored):
     runs = len(scored.seeds) * 3
     assert sum(r["level"] == "run" for r in rows) == runs
     assert sum(r["level"] == "example" for r in rows) == runs * (len(REPLIES) - 1)
+
+
+@pytest.mark.parametrize("dpo, caption", [
+    ({}, "Seeds: independent chains (DPO seed s continues the SFT adapter of seed s); beta 0.025."),
+    ({"sft_seed": 1, "betas": {2: 0.0249}},
+     "Seeds: every DPO run continues the SFT adapter of seed 1; beta per seed 1: 0.025, 2: 0.0249.")])
+def test_table_caption_names_the_seed_structure(dpo, caption, make_config, write_store,
+                                                table1_runs):
+    cfg = make_config(seeds=[1, 2], dpo=dpo)
+    runs = {v: {s: table1_runs[v][s] for s in (1, 2)} for v in ("baseline", "sft", "sft_dpo")}
+    store = write_store(cfg.experiment_dir, runs, cfg)
+    aggregate(store, cfg)
+    assert caption in (store / "table.md").read_text()
+    assert caption.replace("Seeds: ", "") in (store / "table.tex").read_text()
+    assert not (store / "correlations.csv").read_text().count("example")  # no per-item files
