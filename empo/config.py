@@ -566,14 +566,14 @@ def _validate(cfg: ExperimentConfig) -> None:
 
 
 def _validate_seed_structure(cfg: ExperimentConfig) -> None:
-    """dpo.sft_seed must be one of the seeds; dpo.betas keys must be seeds, values positive."""
+    """dpo.sft_seed must be one of the seeds; dpo.betas maps seeds to positive betas."""
     seeds = [str(s) for s in cfg.seeds]
     if cfg.dpo.sft_seed is not None and str(cfg.dpo.sft_seed) not in seeds:
         raise ConfigError(f"dpo.sft_seed: {cfg.dpo.sft_seed!r} must be one of seeds "
                           f"({', '.join(seeds)}): its SFT run is the one every DPO run continues")
-    for key, beta in cfg.dpo.betas.items():
-        if key not in seeds:
-            raise ConfigError(f"dpo.betas: key {key!r} is not one of seeds ({', '.join(seeds)})")
+    for key, beta in cfg.dpo.betas.items():  # a seed not run is allowed: seeds=[1] of a preset
+        if not key.lstrip("-").isdigit():
+            raise ConfigError(f"dpo.betas: key {key!r} is not a seed (an integer)")
         if not 0 < beta < float("inf"):  # NaN fails too
             raise ConfigError(f"dpo.betas.{key}: {beta!r} must be a positive number")
     swept = [k for k in (*cfg.sweep.grid, *cfg.sweep.zip) if k in ("dpo.beta", "dpo.betas")]

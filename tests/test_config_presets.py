@@ -156,7 +156,7 @@ def test_readme_reproduction_table_is_made_from_the_configs():
                                              ("model.quantization=int8", "model.quantization"),
                                              ("dpo.length_percentile=0", "length_percentile"),
                                              ("dpo.sft_seed=7", "dpo.sft_seed"),
-                                             ("dpo.betas={9: 0.1}", "dpo.betas"),
+                                             ("dpo.betas={x: 0.1}", "dpo.betas"),
                                              ("dpo.betas={2: -1}", "dpo.betas.2")])
 def test_bad_values_are_refused(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -241,3 +241,12 @@ def test_dry_run_and_plan_show_the_seed_structure(name, dependency, structure, t
     assert dependency in dpo_line
     assert main(["plan", config, "--stage", "dpo", f"data.source={tiny_assets / 'ed'}"]) == 0
     assert f"seed structure: {structure}" in capsys.readouterr().out
+
+
+def test_train_dpo_of_any_seed_reads_the_shared_sft_seed(tmp_path, capsys):
+    """`empo train dpo --seed 3` on the preset wants SFT seed 1's adapter, and says so."""
+    from empo.cli import main
+
+    assert main(["train", "dpo", str(PRESET), "--seed", "3", f"results_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/sft/seed-1/adapter is missing" in err and "--seed 1` first" in err
