@@ -310,6 +310,12 @@ class ClusterConfig(SlurmOptions):
     )
     max_requeues: int = 3
     offline: bool | None = None
+    checkpoint_gb_per_s: the rate (GB/s) a training checkpoint is written to the results
+      filesystem; `empo plan` turns the checkpoint's size into seconds with it. Default 0.5: one
+      stream to one Lustre OST runs at ~350-500 MB/s (Swinburne OzSTAR/gstar filesystem notes,
+      supercomputing.swin.edu.au/filesystems), and a checkpoint is a few files from one process.
+    signal_lead_s: seconds before the time limit SLURM signals a training job to requeue
+      (`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at least 90.
     hf_home: str | None = None
     container: ContainerConfig = field(default_factory=ContainerConfig)
 
@@ -323,6 +329,8 @@ class SweepConfig:
       every key to its i-th value: `lora.r` with `lora.lora_alpha` = r/4); combined with `grid`
       as the product of zipped points and grid points. A key may not be in both.
     """
+    checkpoint_gb_per_s: float = 0.5
+    signal_lead_s: int | None = None
 
     grid: dict[str, list[Any]] = field(default_factory=dict)
     zip: dict[str, list[Any]] = field(default_factory=dict)

@@ -111,7 +111,7 @@ LAUNCHER_SBATCH_OPTIONS = {
     "comment": "the launcher's record of the job",
     "export": "the job's environment is set by the launcher (cluster.hf_home, cluster.offline)",
     "export-file": "the job's environment is set by the launcher",
-    "signal": "submitit's preemption and timeout handling sets it",
+    "signal": "set from cluster.signal_lead_s (or the planned checkpoint write: empo plan)",
     "test-only": "empo submit --dry-run runs sbatch --test-only",
 }
 
@@ -227,6 +227,8 @@ RANGES: dict[str, Range] = {
     "ClusterConfig.gpu_memory_gb": Range(0, 100_000),  # 0: no GPU (configs/cluster/local.yaml)
     "ClusterConfig.time": Range(1, 366 * 24 * 60),
     "ClusterConfig.max_requeues": Range(0, 1000),
+    "ClusterConfig.checkpoint_gb_per_s": Range(0, 1000, open_lo=True),
+    "ClusterConfig.signal_lead_s": Range(1, 24 * 3600),
 }
 
 

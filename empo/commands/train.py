@@ -78,10 +78,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from empo.estimate import estimate, estimate_text
-    from empo.train.memory import format_plan
+    from empo.train.memory import checkpoint_plan, format_plan
 
     cfg = load_experiment(args)
-    print(format_plan(memory_plan(cfg, args.stage, args.gpus, args.nodes), cfg.name))
+    plan = memory_plan(cfg, args.stage, args.gpus, args.nodes)
+    print(format_plan(plan, cfg.name))
+    print(checkpoint_plan(cfg, plan).text())
     if args.stage == "dpo":
         print(f"seed structure: {cfg.dpo.seed_structure(cfg.seeds)}")
 

@@ -74,6 +74,8 @@ def preflight(cfg: ExperimentConfig, executor: str, graph=None) -> list[Problem]
         checks.append(("cluster.container", lambda: check_image(cfg, executor)))
     if pending:  # the backend's own limits (SLURM: partition, account, gres, MaxTime)
         checks.append(("cluster.partition", lambda: backend(executor).preflight(cfg, graph)))
+    if executor == "slurm" and any(stage_kind(s.kind).checkpointable for s in pending):
+        checks.append(("cluster.time", lambda: check_signal_lead(cfg, pending)))
     if any(stage_kind(s.kind).preflight for s in pending):
         checks.append(("cluster.gpu_memory_gb", lambda: check_stages(pending)))
     for key, check in checks:
@@ -81,6 +83,32 @@ def preflight(cfg: ExperimentConfig, executor: str, graph=None) -> list[Problem]
             problems += check()
         except EmpoError as err:  # a check that cannot run is itself a problem, not a crash
             problems.append(Problem(key, str(err), "fix the value named above"))
+    return problems
+
+
+def check_signal_lead(cfg: ExperimentConfig, pending: Iterable) -> list[Problem]:
+    """A checkpointing job's time limit must exceed the lead of its requeue signal plus the
+    write of its checkpoint (`resources.signal_lead`): else SLURM signals it before it has
+    trained or saved, and it requeues in a loop until it ends FAILED."""
+    import math
+
+    from empo.launch.resources import job_resources, signal_lead
+
+    problems = []
+    for kind in dict.fromkeys(s.kind for s in pending if stage_kind(s.kind).checkpointable):
+        entry = stage_kind(kind)
+        key = f"cluster.time.{entry.time_key}"
+        resources = job_resources(cfg, entry.job, kind)
+        lead, write = (signal_lead(cfg, kind) if entry.resources == "training"
+                       else (resources.signal_lead_s, 0.0))
+        minutes = resources.timeout_min
+        if minutes * 60 < lead + write:
+            saving = f" + {write:.0f} s to write its checkpoint" if write >= 1 else ""
+            problems.append(Problem(
+                key, f"{minutes} min is shorter than the requeue signal's lead ({lead} s"
+                f"{saving}): the {kind} job would be signalled before it trains and requeue in "
+                "a loop", f"raise {key} above {math.ceil((lead + write) / 60)} min, or lower "
+                "cluster.signal_lead_s"))
     return problems
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from empo.config import ClusterConfig, ExperimentConfig
+from empo.errors import EmpoError
 from empo.hub import hub_environment
 from empo.stages import REGISTRY, job_kinds
 
@@ -45,6 +46,7 @@ class Resources:
     wckey: str | None = None                              # None: no --wckey at all
     extra: dict[str, Any] = field(default_factory=dict)   # mail, then cluster.slurm_extra
     env: dict[str, str] = field(default_factory=dict)     # set in the job (Hub cache, offline)
+    signal_lead_s: int = 90                               # --signal=USR2@<lead> (requeue)
 
     def sbatch_options(self) -> list[str]:
         """The request as sbatch command-line options (jobs/submit-all.sh; what submitit writes
@@ -64,8 +66,11 @@ class Resources:
         return options
 
 
-def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
-    """The request of a job of `kind` (sft, dpo, eval, share, aggregate)."""
+def job_resources(cfg: ExperimentConfig, kind: str, name: str,
+                  plan_signal: bool = False) -> Resources:
+    """The request of a job of `kind` (sft, dpo, eval, share, aggregate). `plan_signal`: a
+    training job's signal lead may be derived from its checkpoint plan (`signal_lead`: imports
+    torch; what `empo submit` does), else it is cluster.signal_lead_s or submitit's 90 s."""
     cluster = cfg.cluster
     entry = _job_entry(kind)
     time_key = entry.time_key
@@ -79,10 +84,35 @@ def job_resources(cfg: ExperimentConfig, kind: str, name: str) -> Resources:
     if entry.resources == "training":
         gpus = cluster.gpus_per_node
         return Resources(nodes=cluster.nodes, tasks_per_node=max(1, gpus), gpus_per_node=gpus,
-                         **common)
+                         signal_lead_s=signal_lead(cfg, kind, plan_signal)[0], **common)
     if entry.resources == "eval":  # one GPU of a node: its share of the node's memory
         share = cluster.mem_gb // cluster.gpus_per_node if cluster.gpus_per_node > 1 else cluster.mem_gb
         return Resources(gpus_per_node=min(1, cluster.gpus_per_node),
                          **{**common, "mem_gb": max(1, share)})
     return Resources(**{**common, "cpus_per_task": 1, "mem_gb": min(cluster.mem_gb, 4),
                         "partition": cluster.cpu_partition or cluster.partition})
+
+
+_LEADS: dict[tuple[Any, ...], tuple[int, float]] = {}
+
+
+def signal_lead(cfg: ExperimentConfig, kind: str, plan: bool = True) -> tuple[int, float]:
+    """(seconds before the time limit a training job of `kind` is signalled to requeue, seconds
+    its checkpoint takes to write): with `plan` on GPU nodes, from `empo plan`'s checkpoint
+    (`train.memory.checkpoint_plan`: cluster.signal_lead_s, or derived from the write); else
+    (CPU nodes: no plan) cluster.signal_lead_s or submitit's 90 s, and no write time. Memoised
+    per config: the plan imports torch."""
+    from empo.stages import memory_plan
+    from empo.train.memory import SUBMITIT_SIGNAL_LEAD_S, checkpoint_plan
+
+    cluster = cfg.cluster
+    if cluster.gpus_per_node <= 0 or not plan:
+        return cluster.signal_lead_s or SUBMITIT_SIGNAL_LEAD_S, 0.0
+    key = (cfg.config_hash(), kind, cluster.checkpoint_gb_per_s, cluster.signal_lead_s)
+    if key not in _LEADS:
+        try:
+            plan = checkpoint_plan(cfg, memory_plan(cfg, kind))
+        except (EmpoError, OSError):  # no plan here (preflight names why): submitit's lead
+            return cluster.signal_lead_s or SUBMITIT_SIGNAL_LEAD_S, 0.0
+        _LEADS[key] = (plan.lead_s, plan.write_s)
+    return _LEADS[key]

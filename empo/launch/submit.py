@@ -81,7 +81,7 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
         token = uuid.uuid4().hex[:12]
         units = [{s.key: s.fingerprint for s in unit.stages} for unit in plan.units]
         comment = job_comment(cfg.experiment_dir, token, units)
-        resources = job_resources(cfg, plan.kind, name)
+        resources = job_resources(cfg, plan.kind, name, plan_signal=True)
         resources = dataclasses.replace(resources, extra={**resources.extra, "comment": comment})
         executor = make_executor(cfg, chosen.name, folder, resources, dependency=dep)
         add_intent(cfg.experiment_dir, {"token": token, "name": name, "comment": comment,

@@ -338,3 +338,54 @@ def memory_problems(cfg: "ExperimentConfig", stage: str, variant: str, sequences
              f"lower {stage}.per_device_train_batch_size or {stage}.max_length, use "
              f"{stage}.deepspeed=zero3, or more GPUs (see `empo plan CONFIG`)")]
 
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+# Bytes per trainable parameter of a resumable checkpoint (the Trainer's checkpoint-N/):
+# without DeepSpeed, the adapter in fp32 (peft keeps it so: 4) + AdamW's two fp32 moments
+# (optimizer.pt: 8); with DeepSpeed, the adapter in the training dtype (2) + the engine's 16-bit
+# module states of the trainable parameters (2; frozen ones excluded) + fp32 master weights and
+# both moments (12). Scheduler, RNG and trainer state are kilobytes.
+CHECKPOINT_BYTES_PER_PARAM = {False: 12, True: 16}
+SUBMITIT_SIGNAL_LEAD_S = 90   # submitit's default (--signal=USR2@90)
+SAVE_MARGIN = 1.5             # a shared filesystem's rate varies: room for a slower write
+REQUEUE_S = 30                # after the save: the requeue itself
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPlan:
+    """A training stage's resumable checkpoint and the signal lead that fits its write."""
+
+    stage: str
+    size: int              # bytes
+    write_s: float         # at `gb_per_s`
+    gb_per_s: float
+    lead_s: int            # cluster.signal_lead_s, or derived from write_s
+    derived: bool          # lead_s was derived (no cluster.signal_lead_s)
+
+    def text(self) -> str:
+        source = ("derived: 1.5 × the write + 30 s, at least 90" if self.derived
+                  else "cluster.signal_lead_s")
+        return (f"  checkpoint         {self.size / 1e9:.2f} GB (adapter + optimizer state of the "
+                f"trainable parameters), {self.write_s:.0f} s to write at {self.gb_per_s:g} GB/s "
+                f"(cluster.checkpoint_gb_per_s)\n"
+                f"  signal lead        {self.lead_s} s before the time limit ({source})")
+
+
+def checkpoint_plan(cfg: "ExperimentConfig", plan: Plan) -> CheckpointPlan:
+    """The checkpoint of `plan`'s stage: its size (CHECKPOINT_BYTES_PER_PARAM × trainable
+    parameters), its write time at cluster.checkpoint_gb_per_s and the signal lead."""
+    import math
+
+    from empo.train.common import deepspeed_config_path
+
+    deepspeed = deepspeed_config_path(cfg, plan.stage) is not None
+    size = plan.lora_params * CHECKPOINT_BYTES_PER_PARAM[deepspeed]
+    rate = cfg.cluster.checkpoint_gb_per_s
+    write_s = size / (rate * 1e9)
+    lead = cfg.cluster.signal_lead_s
+    derived = lead is None
+    if derived:
+        lead = max(SUBMITIT_SIGNAL_LEAD_S, math.ceil(SAVE_MARGIN * write_s) + REQUEUE_S)
+    return CheckpointPlan(plan.stage, size, write_s, rate, int(lead), derived)

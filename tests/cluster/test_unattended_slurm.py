@@ -251,3 +251,21 @@ def test_a_hand_queued_wrapper_job_is_named_recorded_and_shown_while_it_pends(
     text = log.read_text()
     assert text.count("empo job: mmlu/sft/seed-1") == 1, text
     assert "threads: OMP_NUM_THREADS=1 (task CPUs: 1)" in text, text
+
+
+def test_a_time_limit_shorter_than_the_signal_lead_is_refused_before_anything_is_queued(
+        slurm_cluster, tmp_path, capsys, monkeypatch, experiment):
+    """A 1-minute SFT limit with submitit's 90 s USR2 lead would requeue in a loop and end
+    FAILED: preflight refuses it, nothing is queued and no manifest is written."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    args = smoke_args(tmp_path, f"name={experiment}", "cluster.time.sft=1")
+    assert main(["submit", *args]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.time.sft: 1 min is shorter than the requeue signal's lead (90 s)" in err, err
+    assert queued(slurm_cluster, experiment) == []
+    assert not (tmp_path / experiment / "manifest.json").exists()
+    assert main(["submit", *smoke_args(tmp_path, f"name={experiment}", "cluster.time.sft=1",
+                                        "cluster.signal_lead_s=30", "cluster.slurm_extra={hold: true}")]) == 0
+    sft = read_manifest(tmp_path / experiment)["jobs"]["sft/sft/seed-1"]
+    script = Path(sft["folder"], f"{sft['array_id']}_submission.sh").read_text()
+    assert "#SBATCH --signal=USR2@30" in script  # the lead reaches sbatch

@@ -63,6 +63,7 @@ class Slurm(Backend):
             name=resources.name, timeout_min=resources.timeout_min, nodes=resources.nodes,
             tasks_per_node=resources.tasks_per_node, cpus_per_task=resources.cpus_per_task,
             mem_gb=resources.mem_gb, slurm_additional_parameters=extra,
+            slurm_signal_delay_s=resources.signal_lead_s,
         )
         if resources.gpus_per_node:
             params["gpus_per_node"] = resources.gpus_per_node
