@@ -60,6 +60,9 @@ def ws(tmp_path: Path) -> Path:
     (tmp_path / "with_profile.yaml").write_text(
         f"name: x\ncluster:\n  profile: {tmp_path / 'latin1_profile.yaml'}\n")
     (tmp_path / "list.yaml").write_text("- name\n- x\n")
+    (tmp_path / "pth").mkdir()
+    for aspect in ("ER", "EX", "IP"):  # empty files where torch checkpoints belong
+        (tmp_path / "pth" / f"finetuned_{aspect}.pth").write_bytes(b"")
     (tmp_path / "bidi.yaml").write_text("name: x\ndata:\n  source: /tmp/a\u202eb.csv\n")
     (tmp_path / "arch_list.json").write_text("[1, 2]")
     (tmp_path / "latin1.csv").write_bytes("variant,n\nbas\xe9,1\n".encode("latin-1"))
@@ -279,6 +282,11 @@ CASES = [
     Case("unknown-option", ["data", "sft", "--source", "{ws}/ed", "--out", "{ws}/s.jsonl",
                             "--bogus"],
          "unrecognized arguments: --bogus"),
+    Case("eval-epitome-empty-pth", ["eval", "epitome", "--input", "{ws}/preds.jsonl",
+                                    "--checkpoints", "{ws}/pth", "--encoder",
+                                    f"{PROJECT_ROOT}/assets/tiny/epitome/encoder", "--out",
+                                    "{ws}/m.json"],
+         "finetuned_ER.pth: not a torch checkpoint (empty or truncated"),
     # issue 22.1: a directory the project did not create is never written into, moved or cleaned
     Case("run-into-foreign-dir", ["run", *smoke("results_dir={ws}", "name=thesis")],
          "thesis: not an EmPO experiment directory"),
