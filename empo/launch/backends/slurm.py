@@ -47,12 +47,10 @@ class Slurm(Backend):
                  visible_gpus: tuple[int, ...] = (), script_only: bool = False) -> Any:
         import submitit
 
-        if shutil.which("sbatch") is None and not script_only:
-            raise LaunchError("sbatch not found on PATH: the slurm executor needs a SLURM login "
-                              "node")
         if script_only:
             ex = _script_only_executor(folder, container.python, resources.max_requeues)
         else:
+            self.check(cfg)
             ex = submitit.AutoExecutor(folder, cluster="slurm", slurm_python=container.python,
                                        slurm_max_num_timeout=resources.max_requeues)
         extra: dict[str, Any] = {"requeue": True, **resources.extra}  # preempted jobs come back
