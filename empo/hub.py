@@ -50,6 +50,31 @@ def offline(cfg: ExperimentConfig) -> bool:
         os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
 
 
+PROBE_TIMEOUT_S = 3.0
+
+
+def offline_unless_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Decide once, before any Hub client is imported, whether this process can reach the Hub:
+    HF_HUB_OFFLINE=1 already says no; else one HEAD request to the endpoint ($HF_ENDPOINT or
+    huggingface.co) within `timeout_s`. Unreachable: the offline switches are set for the rest
+    of the process, so models, tokenizers and datasets come from the cache at once instead of
+    after the clients' retries on every file. Returns whether the process is now offline."""
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
+        return True
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s)
+    except urllib.error.HTTPError:
+        return False  # it answered
+    except (OSError, ValueError):
+        os.environ.update({name: "1" for name in OFFLINE_VARIABLES})
+        return True
+    return False
+
+
 def hf_home(cfg: ExperimentConfig | None = None, cache: str | Path | None = None) -> Path:
     """The Hugging Face cache root: `cache`, cluster.hf_home, $HF_HOME, ~/.cache/huggingface."""
     if cache:

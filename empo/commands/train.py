@@ -3,6 +3,7 @@ declares them) and `empo plan` (memory planner)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from empo.commands.common import add_config_args, load_experiment
 from empo.errors import EmpoError, TrainError
@@ -78,8 +79,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from empo.estimate import estimate, estimate_text
+    from empo.hub import offline_unless_reachable
     from empo.train.memory import checkpoint_plan, format_plan
 
+    if offline_unless_reachable():  # once, before any Hub client: no retries on every file
+        print("empo plan: the Hub is not reachable from here: reading models and data from the "
+              "cache only", file=sys.stderr)
     cfg = load_experiment(args)
     plan = memory_plan(cfg, args.stage, args.gpus, args.nodes)
     print(format_plan(plan, cfg.name))
