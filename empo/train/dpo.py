@@ -1,4 +1,5 @@
-"""DPO stage: continue the SFT adapter of the same seed on theory-driven preference pairs.
+"""DPO stage: continue an SFT adapter (the same seed's, or `dpo.sft_seed`'s for every run) on
+theory-driven preference pairs.
 
 Reference model (`dpo.reference`):
   adapter_copy (paper, default): `PeftModel.from_pretrained(base, sft_adapter, is_trainable=True)`
