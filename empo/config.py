@@ -198,6 +198,20 @@ class KTOConfig(TrainConfig):
 
 
 @dataclass
+class ORPOConfig(TrainConfig):
+    """ORPO (trl's ORPOTrainer, trl.experimental in trl >= 1.0): a new LoRA on the base model, no
+    SFT stage before it and no reference model, on the same pairs as DPO, one fresh rejected
+    draw per epoch. Other trl ORPOConfig fields pass through.
+
+    beta: weight of the odds-ratio term, the ORPO paper's λ (trl's default 0.1).
+    """
+
+    trl_config: ClassVar[str] = "experimental/orpo/orpo_config.py:ORPOConfig"
+    num_train_epochs: int = 3
+    beta: float = field(default=0.1, metadata={"range": Range(0, 100, open_lo=True)})
+
+
+@dataclass
 class GenerationConfig:
     """Response generation for the eval split (greedy by default).
 
@@ -351,6 +365,7 @@ class ExperimentConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
+    orpo: ORPOConfig = field(default_factory=ORPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -184,6 +184,7 @@ REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
              pairs=True, reference="dpo.reference",  # seed structure: in the deps and dpo.beta
              ignores=("dpo.sft_seed", "dpo.betas")),
     training("kto", "empo.train.kto:train_kto", "KTO", "KTO from the SFT adapter of the same seed", variant="sft_kto", starts_from="sft", pairs=True, reference="adapter_copy"),
+    training("orpo", "empo.train.orpo:train_orpo", "ORPO", "ORPO from the base model (reference-free, no SFT before it)", pairs=True),
     StageKind("epitome_train", "empo.stages:epitome_train", job="epitome_train",
               resources="eval", time_key="eval", depends_on=("eval.epitome",),
               ignores=("eval.epitome.batch_size", "eval.epitome.padding")),
