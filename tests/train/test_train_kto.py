@@ -25,14 +25,21 @@ def test_each_epoch_holds_its_draw_chosen_desirable_rejected_undesirable(make_cf
     tok = trainer.processing_class
     pairs, _ = preference_dataset(cfg, 1, stage="kto")
     assert draws.num_draws == 2 and len(draws) == 2 * (len(pairs) // 2)  # two answers a pair
+    def text(ids):
+        return tok.decode(ids, skip_special_tokens=True).strip()
+
+    def prompt(messages):  # the prompt as trl tokenizes it (the chat template, no special tokens)
+        return text(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+
+    expected = [{label: Counter((prompt(r["prompt"]), r[key][0]["content"].strip())
+                                for r in pairs if r["epoch"] == epoch)
+                 for label, key in ((True, "chosen"), (False, "rejected"))} for epoch in range(2)]
+    assert expected[0][False] != expected[1][False]  # the draws differ, so the test can tell
     for epoch in range(2):
         draws.select(epoch)
         seen = {True: Counter(), False: Counter()}
         for i in range(len(draws)):
             row = draws[i]
-            seen[bool(row["label"])][tok.decode(row["completion_ids"],
-                                                skip_special_tokens=True).strip()] += 1
-        mine = [r for r in pairs if r["epoch"] == epoch]
-        assert seen[True] == Counter(r["chosen"][0]["content"].strip() for r in mine)
-        assert seen[False] == Counter(r["rejected"][0]["content"].strip() for r in mine)
+            seen[bool(row["label"])][(text(row["prompt_ids"]), text(row["completion_ids"]))] += 1
+        assert seen == expected[epoch]
     assert trainer.ref_model is None and "ref" in trainer.model.peft_config  # frozen SFT copy
