@@ -54,7 +54,11 @@ def finish_stage(stage, value: float = 0.0) -> None:
 
 
 def finish_all_but(graph, keep: set[str], value_of=lambda stage: 0.0) -> None:
-    """Finish every training/eval stage of `graph` by hand except the kinds in `keep`."""
+    """Finish every training/eval stage of `graph` by hand except the kinds in `keep`, in an
+    experiment directory EmPO owns (its marker), as a run would have made it."""
+    from empo.store import claim_experiment_dir
+
+    claim_experiment_dir(graph.experiment_dir)
     for stage in graph:
         if stage.kind not in keep and stage.kind not in ("share", "aggregate"):
             finish_stage(stage, value_of(stage))

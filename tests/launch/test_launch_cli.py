@@ -62,13 +62,18 @@ def test_submit_without_sbatch_on_path_is_an_error(config, tmp_path):
 
 
 def test_force_new_refuses_while_jobs_of_the_old_config_still_run(config, tmp_path, capsys):
+    from empo.processes import ProcessId
+
     cfg = load_config(config)
     write_experiment(cfg)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time, submitit; time.sleep(60)"])
+    folder = cfg.experiment_dir / "jobs"  # a local job of this experiment, as the driver records it
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                "-m", "submitit.local._local", str(folder)])
     try:
-        record_jobs(cfg, "local", tmp_path / "jobs",
+        record_jobs(cfg, "local", folder,
                     {"sft/sft/seed-1": {"job_id": str(sleeper.pid), "executor": "local",
-                                        "folder": str(tmp_path / "jobs")}})
+                                        "folder": str(folder),
+                                        "process": ProcessId.of(sleeper.pid).record()}})
         assert main(["run", str(config), "lora.r=8", "--force-new"]) == 2
         assert f"jobs {sleeper.pid} are still queued or running" in error_of(capsys)
         assert (cfg.experiment_dir / "manifest.json").exists()  # nothing moved

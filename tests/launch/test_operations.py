@@ -156,7 +156,9 @@ def test_empo_logs_prints_the_current_jobs_log_and_names_stages_it_cannot(make_c
 
     cfg = make_cfg(seeds=[1])
     write_experiment(cfg)
-    out, err = tmp_path / "5_0_log.out", tmp_path / "5_0_log.err"
+    jobs = cfg.experiment_dir / "jobs"  # logs are read only inside the experiment
+    jobs.mkdir()
+    out, err = jobs / "5_0_log.out", jobs / "5_0_log.err"
     out.write_text("submitit INFO starting\n")
     err.write_text("empo job: sft/sft/seed-1\nTraceback (most recent call last):\nKeyError: 'x'\n")
     manifest = {"jobs": {"sft/sft/seed-1": {"job_id": "5_0", "executor": "slurm", "stdout": str(out),
@@ -191,33 +193,41 @@ def test_tensorboard_tracking_names_the_run_and_keeps_events_out_of_checkpoints(
 
 def test_logs_follow_and_status_watch_last_while_the_job_lives(make_cfg, tmp_path, capsys):
     """`empo logs -f` prints what a live job appends until it ends; `empo status --watch`
-    refreshes until nothing is running or pending. The job: a real process (a local job's
-    controller is recognised by `submitit` in its command line) writing its log."""
+    refreshes until nothing is running or pending. The job: a real process writing its log,
+    recorded as the driver records a local job (its identity, its job folder in its command
+    line), so it is taken for the job."""
     import subprocess
     import sys
 
     from empo.launch.experiment import write_experiment
 
+    from empo.processes import ProcessId
+
     cfg = make_cfg(seeds=[1])
     write_experiment(cfg)
-    log = tmp_path / "job.err"
+    folder = cfg.experiment_dir / "jobs"  # a local job of this experiment, as the driver records
+    folder.mkdir()
+    log = folder / "job.err"
     log.write_text("")
-    writer = ("import sys, time, submitit\n"
+    writer = ("import sys, time\n"
               "for i in range(4):\n"
               "    open(sys.argv[1], 'a').write(f'line {i}\\n'); time.sleep(0.5)\n")
-    job = subprocess.Popen([sys.executable, "-c", writer, str(log)])
+    job = subprocess.Popen([sys.executable, "-c", writer, str(log), "submitit", str(folder)])
     try:
-        manifest = {"jobs": {"sft/sft/seed-1": {"job_id": str(job.pid), "executor": "local",
-                                                "stdout": str(log), "stderr": str(log)}}}
+        manifest = {"jobs": {"sft/sft/seed-1": {
+            "job_id": str(job.pid), "executor": "local", "stdout": str(log), "stderr": str(log),
+            "folder": str(folder), "process": ProcessId.of(job.pid).record()}}}
         (cfg.experiment_dir / "manifest.json").write_text(json.dumps(manifest))
         assert main(["logs", str(cfg.experiment_dir), "sft/sft/seed-1", "-f"]) == 0
         assert capsys.readouterr().out == "".join(f"line {i}\n" for i in range(4))
         assert job.wait(timeout=30) == 0
     finally:
         job.kill()
-    again = subprocess.Popen([sys.executable, "-c", "import time, submitit; time.sleep(2)"])
+    again = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)", "submitit",
+                              str(folder)])
     try:
-        manifest["jobs"]["sft/sft/seed-1"]["job_id"] = str(again.pid)
+        manifest["jobs"]["sft/sft/seed-1"].update(job_id=str(again.pid),
+                                                  process=ProcessId.of(again.pid).record())
         (cfg.experiment_dir / "manifest.json").write_text(json.dumps(manifest))
         assert main(["status", str(cfg.experiment_dir), "--watch", "0.5"]) == 0
         out = capsys.readouterr().out
