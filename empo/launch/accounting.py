@@ -6,6 +6,7 @@ only; the run store says what finished); local jobs from the manifest's own timi
 from __future__ import annotations
 
 import datetime
+import logging
 import re
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from empo.launch.backends import by_backend
+
+log = logging.getLogger(__name__)
 
 SACCT_FIELDS = "JobID,State,ElapsedRaw,NodeList,ExitCode,Reason,AllocTRES,AllocCPUS"
 SQUEUE_FORMAT = "%i|%T|%r|%M|%N|%C|%b"
@@ -113,10 +116,27 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
     return out
 
 
-def _run(argv: list[str]) -> str | None:
+QUERY_TIMEOUT_S = 8.0    # squeue waits MessageTimeout (10 s) per retry on a dead slurmctld
+RETRY_AFTER_S = 60.0     # a command that timed out is not asked again for this long
+_silent: dict[str, float] = {}   # command -> when it timed out (this process)
+
+
+def run_query(argv: list[str]) -> str | None:
+    """A SLURM query's stdout; None when it fails, or does not answer within QUERY_TIMEOUT_S:
+    then one line says so, and the command is not asked again for RETRY_AFTER_S (status with
+    slurmctld down takes one timeout, not one per query)."""
+    if time.monotonic() - _silent.get(argv[0], -RETRY_AFTER_S) < RETRY_AFTER_S:
+        return None
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _silent[argv[0]] = time.monotonic()
+        what = ("SLURM accounting (slurmdbd)" if argv[0] in ("sacct", "sacctmgr")
+                else "the SLURM controller (slurmctld)")
+        log.warning("%s is not answering (%s timed out after %.0f s): what it knows is left "
+                    "out", what, argv[0], QUERY_TIMEOUT_S)
+        return None
+    except OSError:
         return None
     return done.stdout if done.returncode == 0 else None
 
@@ -129,9 +149,9 @@ def slurm_job_info(job_ids: list[str]) -> dict[str, JobInfo]:
     ids = ",".join(job_ids)
     # an array's tasks that never started are one range record, listed under the array's id
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids if "_" in job_id})
-    acct = _run(["sacct", "-n", "-P", "-X", "-D", "-o", SACCT_FIELDS, "-j",
+    acct = run_query(["sacct", "-n", "-P", "-X", "-D", "-o", SACCT_FIELDS, "-j",
                  ",".join([*job_ids, *arrays])])
-    queue = _run(["squeue", "-h", "-r", "-o", SQUEUE_FORMAT, "-j", ids])
+    queue = run_query(["squeue", "-h", "-r", "-o", SQUEUE_FORMAT, "-j", ids])
     found = parse_sacct(acct) if acct else {}
     for job_id, live in (parse_squeue(queue) if queue else {}).items():
         if job_id in found:

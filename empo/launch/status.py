@@ -289,25 +289,32 @@ def stop_process_tree(process: ProcessId, grace_s: float = 10.0) -> bool:
 
 # ----------------------------------------------------------------------------- rendering
 
+REASON_WIDTH = 48  # longer reasons wrap in their column: the table stays ~120 characters wide
+
+
 def render(statuses: list[StageStatus], title: str | None = None) -> Any:
-    """A rich Table of stage statuses: elapsed (and requeues), node, the reason, the log path
-    where there is something to read, and GPU-/CPU-hours with a total when costs are known."""
+    """A rich Table of stage statuses: elapsed (and requeues), node, the reason, and GPU-/CPU-
+    hours with a total when costs are known. Log paths are not in it (they made it 250
+    characters wide): `empo logs` prints a stage's log, `--json` has the paths."""
     from rich.table import Table
 
     costed = any(s.gpu_hours is not None for s in statuses)
-    table = Table(title=title, title_justify="left", expand=False, show_footer=costed)
+    logs = any(s.state in ("failed", "running") and s.log for s in statuses)
+    table = Table(title=title, title_justify="left", expand=False, show_footer=costed,
+                  caption="logs: empo logs RESULTS_DIR STAGE [--err]" if logs else None,
+                  caption_justify="left")
     gpu = sum(s.gpu_hours or 0.0 for s in statuses)
     cpu = sum(s.cpu_hours or 0.0 for s in statuses)
-    columns = ["stage", "state", "job", "elapsed", "node", "reason", "log"]
+    columns = ["stage", "state", "job", "elapsed", "node", "reason"]
     footers = {"stage": "total", "GPU-h": f"{gpu:.2f}", "CPU-h": f"{cpu:.2f}"}
     for column in columns + (["GPU-h", "CPU-h"] if costed else []):
         table.add_column(column, footer=footers.get(column, ""), overflow="fold",
+                         max_width=REASON_WIDTH if column == "reason" else None,
                          justify="right" if column.endswith("-h") else "left")
     for status in statuses:
         style = STATE_STYLES.get(status.state, "")
-        log = status.log if status.state in ("failed", "running") and status.log else ""
         row = [status.key, f"[{style}]{status.state}[/]", status.job_id or "-",
-               elapsed_text(status), status.nodes, status.reason, log]
+               elapsed_text(status), status.nodes, status.reason]
         if costed:
             row += [_hours(status.gpu_hours), _hours(status.cpu_hours)]
         table.add_row(*row)
@@ -328,7 +335,7 @@ def elapsed_text(status: StageStatus) -> str:
 
 
 def console(stderr: bool = False) -> Any:
-    """A rich Console; wide when not a terminal, so log paths stay on one line in files."""
+    """A rich Console; wide when not a terminal, so lines are not cut in files."""
     import sys
 
     from rich.console import Console

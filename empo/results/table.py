@@ -65,7 +65,8 @@ def best_means(rows: Sequence[Row], metric: str) -> Decimal | None:
 
 def cells(rows: Sequence[Row], bold: tuple[str, str], pm: str, dash: str,
           dagger: str) -> list[list[str]]:
-    """The metric cells of each row: `mean ± sd`, bold mean where best, dagger where incomplete."""
+    """The metric cells of each row: `mean ± sd` (the mean alone from one seed run, whose SD is
+    undefined), bold mean where best, dagger where incomplete."""
     table = []
     columns = metric_keys()
     best = {m: best_means(rows, m) for m in columns}
@@ -79,7 +80,7 @@ def cells(rows: Sequence[Row], bold: tuple[str, str], pm: str, dash: str,
             mean = fmt_mean(metric, stat.mean)
             if best[metric] is not None and rounded(stat.mean, 3) == best[metric]:
                 mean = f"{bold[0]}{mean}{bold[1]}"
-            text = f"{mean} {pm} {fmt_sd(stat.sd)}"
+            text = f"{mean} {pm} {fmt_sd(stat.sd)}" if stat.n > 1 else mean  # n=1: no SD
             line.append(text + (dagger if row.incomplete(metric) else ""))
         table.append(line)
     return table

@@ -269,3 +269,28 @@ def test_a_time_limit_shorter_than_the_signal_lead_is_refused_before_anything_is
     sft = read_manifest(tmp_path / experiment)["jobs"]["sft/sft/seed-1"]
     script = Path(sft["folder"], f"{sft['array_id']}_submission.sh").read_text()
     assert "#SBATCH --signal=USR2@30" in script  # the lead reaches sbatch
+
+
+def test_status_is_quick_and_says_so_in_one_line_when_the_controller_does_not_answer(
+        slurm_cluster, tmp_path, monkeypatch, experiment):
+    """A stand-in squeue that hangs, as squeue does with slurmctld down: status takes one short
+    timeout (not MessageTimeout per query), says it in one line, and reads sacct for the rest."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    args = smoke_args(tmp_path, f"name={experiment}", "seeds=[1]", "eval.metrics=[mmlu]",
+                      "cluster.slurm_extra={hold: true}")
+    assert main(["submit", *args]) == 0
+    bindir = tmp_path / "dead"
+    bindir.mkdir()
+    (bindir / "squeue").write_text("#!/bin/bash\nexec sleep 120\n")
+    (bindir / "squeue").chmod(0o755)
+    env = slurm_cluster.env(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "empo.cli", "status", str(tmp_path / experiment),
+                          "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = [line for line in run.stderr.splitlines() if "not answering" in line]
+    assert len(said) == 1 and "slurmctld" in said[0], run.stderr
+    assert took < 25, took  # one 8 s timeout (plus start-up on this 2-core machine)
+    states = {s["key"]: s["state"] for s in json.loads(run.stdout)}
+    assert states["sft/sft/seed-1"] == "pending"  # from sacct

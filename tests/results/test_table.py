@@ -79,6 +79,14 @@ def test_missing_metric_is_a_dash_and_incomplete_cells_carry_a_dagger():
     assert r".500 $\pm$ .01$^\dagger$ & 0.700 $\pm$ .01$^\dagger$ & -- & -- & --" in tex
 
 
+def test_one_seed_run_shows_its_mean_without_an_undefined_sd():
+    single = Row("sft", 1, 1, {m: Stat(0.5, 0.0, 1) if m == "mmlu" else Stat(None, None, 0)
+                               for m in metric_keys()})
+    assert to_markdown([single]).splitlines()[2].startswith("| SFT | 1 | .500 | — |")
+    body = to_latex([single]).split("midrule")[1].split("bottomrule")[0]
+    assert r"SFT & 1 & .500 & --" in body and r"\pm" not in body
+
+
 def test_sweep_point_names_are_code_in_markdown_and_escaped_in_latex():
     name = "sft@lora.lora_alpha=64"
     assert f"| `{name}` |" in to_markdown([row(name, mmlu=0.5)])

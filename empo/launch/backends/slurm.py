@@ -18,7 +18,7 @@ from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
 from empo.executors import SlurmOptions
 from empo.launch import job_environment
-from empo.launch.accounting import JobInfo, _run, slurm_job_info
+from empo.launch.accounting import JobInfo, run_query, slurm_job_info
 from empo.launch.backends import Backend, Entry
 from empo.launch.containers import ContainerCommand
 from empo.launch.jobs import plan_units
@@ -142,12 +142,12 @@ def _script_only_executor(folder: Path, python: str | None, max_requeues: int) -
 def partition_info(name: str | None) -> dict[str, str] | None:
     """`scontrol show partition NAME` as key -> value (the default partition when None)."""
     if name is None:
-        out = _run(["sinfo", "-h", "-o", "%P"])
+        out = run_query(["sinfo", "-h", "-o", "%P"])
         default = [p.rstrip("*") for p in (out or "").split() if p.endswith("*")]
         if not default:
             return None
         name = default[0]
-    out = _run(["scontrol", "show", "partition", name, "-o"])
+    out = run_query(["scontrol", "show", "partition", name, "-o"])
     if not out or not out.strip():
         return None
     info = dict(re.findall(r"(\w+)=(\S*)", out))
@@ -171,7 +171,7 @@ def minutes(limit: str) -> float | None:
 
 def gres_gpus(partition: str) -> int:
     """The most GPUs a node of `partition` has (sinfo %G, e.g. gpu:a100:2(S:0-1))."""
-    out = _run(["sinfo", "-h", "-p", partition, "-o", "%G"]) or ""
+    out = run_query(["sinfo", "-h", "-p", partition, "-o", "%G"]) or ""
     counts = [int(m) for m in re.findall(r"gpu(?::[\w.-]+)?:(\d+)", out)]
     return max(counts, default=0)
 
@@ -181,7 +181,7 @@ def check_slurm(cfg: ExperimentConfig, graph) -> list[Problem]:
     cluster = cfg.cluster
     if shutil.which("scontrol") is None:
         return []  # check_launch already refused a machine without sbatch
-    listed = _run(["sinfo", "-h", "-o", "%P"])
+    listed = run_query(["sinfo", "-h", "-o", "%P"])
     if listed is None:
         return [Problem("cluster.executor", "slurm, but SLURM does not answer (sinfo failed)",
                         "submit from a login node of the cluster (SLURM_CONF set), or use "
@@ -231,7 +231,7 @@ def _accounting(cfg: ExperimentConfig) -> list[Problem]:
     """account and qos exist (sacctmgr, where accounting answers)."""
     problems = []
     if cfg.cluster.account:
-        out = _run(["sacctmgr", "-n", "-P", "show", "associations",
+        out = run_query(["sacctmgr", "-n", "-P", "show", "associations",
                     f"user={getpass.getuser()}", f"account={cfg.cluster.account}",
                     "format=account"])
         if out is not None and not out.strip():
@@ -239,7 +239,7 @@ def _accounting(cfg: ExperimentConfig) -> list[Problem]:
                                     f"exist or {getpass.getuser()} is not in it",
                                     "use an account of `sacctmgr show associations user=$USER`"))
     if cfg.cluster.qos:
-        out = _run(["sacctmgr", "-n", "-P", "show", "qos", cfg.cluster.qos, "format=name"])
+        out = run_query(["sacctmgr", "-n", "-P", "show", "qos", cfg.cluster.qos, "format=name"])
         if out is not None and not out.strip():
             problems.append(Problem("cluster.qos", f"qos {cfg.cluster.qos} does not exist",
                                     "use a qos of `sacctmgr show qos`"))
@@ -262,15 +262,10 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} of those `job_ids` squeue still lists ({} where squeue cannot answer)."""
-    try:
-        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if done.returncode != 0:  # e.g. every id has left the queue ("Invalid job id specified")
-        return {}
-    listed = dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
+    """{job id: state} of those `job_ids` squeue still lists ({} where squeue cannot answer:
+    every id has left the queue, or the controller is down: `accounting.run_query`)."""
+    out = run_query(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)])
+    listed = dict(line.split()[:2] for line in (out or "").splitlines() if len(line.split()) >= 2)
     return {job_id: listed[job_id] for job_id in job_ids if job_id in listed}
 
 
