@@ -44,7 +44,7 @@ class SlurmOptions:
                 raise ConfigError(f"cluster.slurm_extra: {key!r} is not an sbatch long option "
                                   "name (lowercase letters, digits and '-', e.g. 'constraint')")
             owned = sbatch_option_problem(key)
-            if owned:
+            if owned and value is not None:  # null: the option is not given at all
                 raise ConfigError(f"cluster.slurm_extra.{key}: not settable ({owned})")
             if value is not None and (not isinstance(value, (str, int, float, bool))
                                       or isinstance(value, float) and not math.isfinite(value)):
