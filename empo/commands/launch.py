@@ -21,8 +21,8 @@ from empo.stages import REGISTRY, default_variant, evaluation_kinds
 from empo.validate import check_positive_int as positive_int
 from empo.validate import check_seed
 
-FORCE_NEW_HELP = ("if results/<name> holds runs of another config hash, move it aside to "
-                  "results/<name>.<old hash> (nothing is deleted) and start afresh")
+FORCE_NEW_HELP = ("move an existing results/<name> aside whole to results/<name>.<YYYYmmdd-"
+                  "HHMMSS> (nothing is deleted) and start afresh")
 
 
 def stage_choices() -> tuple[str, ...]:
@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=_run)
 
     submit = sub.add_parser("submit", help="queue the graph on SLURM (afterok deps, arrays over "
-                            "seeds), write manifest.json, print the job table and return")
+                            "seeds), write manifest.json, print the job table and return; always "
+                            "SLURM, whatever cluster.executor says (empo run follows it)")
     add_config_args(submit)
     add_preflight_args(submit)
     submit.add_argument("--dry-run", action="store_true",
