@@ -96,6 +96,7 @@ def check_signal_lead(cfg: ExperimentConfig, pending: Iterable) -> list[Problem]
 
     problems = []
     for kind in dict.fromkeys(s.kind for s in pending if stage_kind(s.kind).checkpointable):
+        warn_lost_share(cfg, kind)
         entry = stage_kind(kind)
         key = f"cluster.time.{entry.time_key}"
         resources = job_resources(cfg, entry.job, kind)
@@ -110,6 +111,37 @@ def check_signal_lead(cfg: ExperimentConfig, pending: Iterable) -> list[Problem]
                 "a loop", f"raise {key} above {math.ceil((lead + write) / 60)} min, or lower "
                 "cluster.signal_lead_s"))
     return problems
+
+
+LOST_SHARE = 0.10  # a preemption may lose at most this share of a training stage's steps
+
+
+def warn_lost_share(cfg: ExperimentConfig, kind: str) -> float | None:
+    """Warn (a log line, not a refusal) when `<kind>.save_steps` lets a preemption lose more than
+    LOST_SHARE of the stage: the steps since the last checkpoint are redone. Its steps are
+    ceil(training dialogues / global_batch_size) × num_train_epochs. Returns the share (None for
+    a stage without save_steps, or when the data cannot be read here)."""
+    import math
+
+    from empo.data.chat import eligible
+    from empo.data.ed import load_dialogues
+
+    section = getattr(cfg, kind, None)
+    if not all(hasattr(section, f) for f in ("save_steps", "global_batch_size", "num_train_epochs")):
+        return None
+    try:
+        dialogues = eligible(load_dialogues(cfg.local_or_name(cfg.data.source),
+                                            cfg.data.train_split, cfg.data.revision).dialogues)
+    except (EmpoError, OSError):
+        return None
+    steps = math.ceil(len(dialogues) / section.global_batch_size) * section.num_train_epochs
+    share = min(1.0, section.save_steps / steps) if steps else None
+    if share is not None and share > LOST_SHARE:
+        log.warning("%s.save_steps %d: a preemption loses up to %d of the stage's %d steps "
+                    "(%.0f%%, more than %.0f%%); a smaller save_steps loses less", kind,
+                    section.save_steps, min(section.save_steps, steps), steps, 100 * share,
+                    100 * LOST_SHARE)
+    return share
 
 
 # ----------------------------------------------------------------------------- assets

@@ -42,3 +42,20 @@ def test_preflight_refuses_a_time_limit_shorter_than_the_signal_lead_plus_the_sa
     late = make_cfg(cluster__signal_lead_s=4000)
     assert {p.key for p in check_signal_lead(late, build_graph(late).pending())} >= {
         "cluster.time.sft", "cluster.time.dpo"}
+
+
+def test_preflight_warns_when_save_steps_loses_more_than_a_tenth_of_a_stage(make_cfg, caplog,
+                                                                            tiny_assets):
+    from empo.launch.preflight import warn_lost_share
+
+    data = str(tiny_assets / "ed")
+    cfg = make_cfg(sft__save_steps=10_000, data__source=data)
+    with caplog.at_level("WARNING", logger="empo.launch.preflight"):
+        assert warn_lost_share(cfg, "sft") == 1.0
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("sft.save_steps 10000: a preemption loses up to") and "100%" in line
+    caplog.clear()
+    assert warn_lost_share(make_cfg(sft__save_steps=1, sft__num_train_epochs=20,
+                                    data__source=data), "sft") <= 0.10
+    assert not caplog.records
+    assert warn_lost_share(cfg, "generate") is None  # no save_steps
