@@ -12,14 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from empo.commands.common import add_config_args, load_experiment
 from empo.commands.fetch import add_preflight_args
+from empo.config import EXPERIMENT_FILE, read_experiment
 from empo.errors import LaunchError
+from empo.launch.cost import experiment_cost
+from empo.launch.manifest import read_manifest
+from empo.launch.orphans import settle_orphans, with_orphans
 from empo.stages import REGISTRY, default_variant, evaluation_kinds
-from empo.validate import check_positive_int as positive_int
-from empo.validate import check_seed
+from empo.store import claim_experiment_dir
+from empo.validate import check_positive_int as positive_int, check_seed
 
 FORCE_NEW_HELP = ("move an existing results/<name> aside whole to results/<name>.<YYYYmmdd-"
                   "HHMMSS> (nothing is deleted) and start afresh")
@@ -164,14 +169,13 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _experiment(results_dir: Path):
-    from empo.config import EXPERIMENT_FILE, read_experiment
     from empo.pipeline import build_graph
-    from empo.store import claim_experiment_dir
 
     cfg = read_experiment(results_dir)
     if cfg is None:
         raise LaunchError(f"{results_dir}: no {EXPERIMENT_FILE} (expected results/<experiment> "
-                          "written by empo run or empo submit)")
+                          "written by empo run, empo submit or empo job sbatch; a plain sbatch "
+                          "of jobs/*.sbatch writes it only when its job starts)")
     claim_experiment_dir(results_dir)  # status writes cost.csv, cancel the manifest: EmPO's only
     # The stored config names results/<name>; the directory given is where it is now.
     cfg.results_dir, cfg.name = str(results_dir.resolve().parent), results_dir.resolve().name
@@ -179,11 +183,6 @@ def _experiment(results_dir: Path):
 
 
 def _status(args: argparse.Namespace) -> int:
-    import time
-
-    from empo.launch.cost import experiment_cost
-    from empo.launch.manifest import read_manifest
-    from empo.launch.orphans import with_orphans
     from empo.launch.status import console, experiment_report, render, summary
 
     if args.watch is not None and not 0.5 <= args.watch <= 86400:
@@ -205,7 +204,6 @@ def _status(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     from empo.launch.logs import show_log
-    from empo.launch.manifest import read_manifest
 
     cfg, graph = _experiment(args.results_dir)
     show_log(graph, read_manifest(cfg.experiment_dir), args.stage, err=args.err,
@@ -214,8 +212,6 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from empo.launch.manifest import read_manifest
-    from empo.launch.orphans import settle_orphans
     from empo.launch.status import cancel
 
     cfg, graph = _experiment(args.results_dir)
