@@ -359,6 +359,15 @@ def test_hostile_input_is_refused_in_one_line_and_changes_nothing(case, ws, caps
     assert not (ws.parent / f"{ws.name}-PWNED").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_command_without_arguments_names_only_what_is_missing(command, capsys):
+    """`empo run` alone asks for CONFIG, not for the optional KEY=VALUE overrides (22.9)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "required: config (" in err and "KEY=VALUE" not in err
+
+
 def test_there_are_at_least_forty_cases():
     assert len(CASES) >= 40
 
