@@ -290,6 +290,8 @@ CASES = [
     # issue 22.1: a directory the project did not create is never written into, moved or cleaned
     Case("run-into-foreign-dir", ["run", *smoke("results_dir={ws}", "name=thesis")],
          "thesis: not an EmPO experiment directory"),
+    Case("train-into-foreign-dir", ["train", "sft", *smoke("results_dir={ws}", "name=thesis"),
+                                    "--seed", "1"], "thesis: not an EmPO experiment directory"),
     Case("run-force-new-foreign-dir", ["run", *smoke("results_dir={ws}", "name=thesis"),
                                        "--force-new"], "not an EmPO experiment directory"),
     Case("run-force-new-source-tree", ["run", *smoke(f"results_dir={PROJECT_ROOT}", "name=empo"),
