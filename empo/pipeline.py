@@ -31,8 +31,8 @@ from empo.distributed import process_rank
 from empo.errors import ConfigError, EmpoError, LaunchError
 from empo.fingerprint import fingerprint, identity_fields
 from empo.reader import ReadError, read_json, read_text
-from empo.store import (atomic_write_json, atomic_write_text, json_object_problem, marker,
-                                merge_json, move_aside, run_dir, stage_lock)
+from empo.store import (atomic_write_json, atomic_write_text, claim_experiment_dir,
+                        json_object_problem, marker, merge_json, move_aside, run_dir, stage_lock)
 from empo.results.sweep import expand_sweep, point_name
 from empo.stages import (REGISTRY, call_stage, output_problem, stage_kind, trained_variants,
                          variant_stages)
@@ -139,7 +139,9 @@ class Stage:
     def run(self) -> Any:
         """Call the stage function under the stage's lock (one process per stage at a time).
         Outputs of an earlier run under another fingerprint, or that no longer parse, are moved
-        aside first, never deleted; the fingerprint is recorded when the stage starts and ends."""
+        aside first, never deleted; the fingerprint is recorded when the stage starts and ends.
+        It writes only into an experiment directory EmPO owns (`store.claim_experiment_dir`)."""
+        claim_experiment_dir(self.config.experiment_dir)
         self.directory.mkdir(parents=True, exist_ok=True)
         if stage_kind(self.kind).trains and process_rank() != 0:  # rank 0 holds the lock
             return self._call()

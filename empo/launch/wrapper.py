@@ -27,6 +27,7 @@ from empo.launch.containers import check_container, container_command
 from empo.launch.manifest import now, record_jobs
 from empo.launch.resources import job_resources
 from empo.stages import REGISTRY, default_variant, evaluation_kinds, training_kinds
+from empo.store import claim_experiment_dir
 from empo.quoting import shell_words
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ def register_running_job(cfg: ExperimentConfig, args: WrapperArgs, env: dict[str
                  "folder": env.get("SLURM_SUBMIT_DIR", str(Path.cwd())),
                  "stdout": info.get("StdOut", ""), "stderr": info.get("StdErr", ""),
                  "submitted_at": now(), "wrapper": f"jobs/{args.kind}.sbatch"}
-        cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
+        claim_experiment_dir(cfg.experiment_dir)  # recorded only into EmPO's own directory
         record_jobs(cfg, "slurm", Path(entry["folder"]), {key: dict(entry) for key in keys})
     return name
 
