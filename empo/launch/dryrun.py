@@ -20,6 +20,7 @@ from pathlib import Path
 
 from empo.config import ExperimentConfig
 from empo.launch import check_container, job_resources, make_executor
+from empo.launch.accounting import run_query
 from empo.launch.backends import batch_backend
 from empo.launch.jobs import ArrayPlan, dependency, plan_arrays, plan_units
 from empo.launch.preflight import PreflightError, Problem, preflight
@@ -65,12 +66,10 @@ def slurm_answers() -> bool:
     file: the clients would then spend half a minute on DNS lookups)."""
     import os
 
-    from empo.launch.accounting import _run
-
     conf = os.environ.get("SLURM_CONF")
     if shutil.which("sbatch") is None or (conf and not os.path.exists(conf)):
         return False
-    return _run(["sinfo", "-h", "-o", "%P"]) is not None
+    return run_query(["sinfo", "-h", "-o", "%P"]) is not None
 
 
 SKIPPED = "not checked: sbatch --test-only skipped (no SLURM controller answers here)"
