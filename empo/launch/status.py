@@ -289,7 +289,7 @@ def stop_process_tree(process: ProcessId, grace_s: float = 10.0) -> bool:
 
 # ----------------------------------------------------------------------------- rendering
 
-REASON_WIDTH = 48  # longer reasons wrap in their column: the table stays ~120 characters wide
+REASON_WIDTH = 44  # longer reasons wrap in their column: the table stays ~120 characters wide
 
 
 def render(statuses: list[StageStatus], title: str | None = None) -> Any:
