@@ -74,7 +74,7 @@ def preflight(cfg: ExperimentConfig, executor: str, graph=None) -> list[Problem]
         checks.append(("cluster.container", lambda: check_image(cfg, executor)))
     if pending:  # the backend's own limits (SLURM: partition, account, gres, MaxTime)
         checks.append(("cluster.partition", lambda: backend(executor).preflight(cfg, graph)))
-    if executor == "slurm" and any(stage_kind(s.kind).checkpointable for s in pending):
+    if backend(executor).requeue_signal and any(stage_kind(s.kind).checkpointable for s in pending):
         checks.append(("cluster.time", lambda: check_signal_lead(cfg, pending)))
     if any(stage_kind(s.kind).preflight for s in pending):
         checks.append(("cluster.gpu_memory_gb", lambda: check_stages(pending)))

@@ -43,6 +43,8 @@ class Backend(ABC):
     in_process: ClassVar[bool] = False  # stages run inside this Python process (no container)
     remote: ClassVar[bool] = False      # jobs run on other machines (this one may lack the
     #                                     container runtime they have)
+    requeue_signal: ClassVar[bool] = False  # it signals a job ahead of its time limit, so the
+    #                                         job checkpoints and requeues (cluster.signal_lead_s)
     runtimes: ClassVar[tuple[str, ...]] = ()   # the container runtimes it can start jobs in
     options: ClassVar[type | None] = None   # its own config fields (`cluster.*`), if it has any
 

@@ -33,6 +33,7 @@ class Slurm(Backend):
     job_id = re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?")
     queued = True
     remote = True
+    requeue_signal = True
     runtimes = RUNTIMES
     options = SlurmOptions
 
