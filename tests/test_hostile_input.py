@@ -604,7 +604,10 @@ def test_results_of_earlier_versions_are_recognised_and_marked(ws, capsys):
     (old / "experiment.yaml").write_text("# config hash: 0123abcd\n" + text.replace(
         "name: evil", "name: old"))
     (old / "runs" / "baseline" / "seed-1").mkdir(parents=True)
-    assert main(["status", str(old)]) == 0
+    assert main(["status", str(old)]) == 0  # recognised; reading commands write no marker
+    assert not (old / OWNER_MARKER).exists()
+    assert main(["submit", "--dry-run", str(SMOKE), f"results_dir={ws / 'results'}", "name=old",
+                 "--no-preflight"]) == 0  # the first command that writes into it marks it
     assert (old / OWNER_MARKER).exists()
     mine = ws / "results" / "mine"
     mine.mkdir()

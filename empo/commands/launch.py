@@ -176,7 +176,7 @@ def _experiment(results_dir: Path):
         raise LaunchError(f"{results_dir}: no {EXPERIMENT_FILE} (expected results/<experiment> "
                           "written by empo run, empo submit or empo job sbatch; a plain sbatch "
                           "of jobs/*.sbatch writes it only when its job starts)")
-    claim_experiment_dir(results_dir)  # status writes cost.csv, cancel the manifest: EmPO's only
+    claim_experiment_dir(results_dir, create=False)  # status writes cost.csv: EmPO's dirs only
     # The stored config names results/<name>; the directory given is where it is now.
     cfg.results_dir, cfg.name = str(results_dir.resolve().parent), results_dir.resolve().name
     return cfg, build_graph(cfg)
