@@ -25,15 +25,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 HEAVY = ("slow", "slurm", "container")  # the markers left out of the fast tier
 _LEFT_OUT = pytest.StashKey[int]()       # how many tests the fast tier deselected
+SERIAL_DIRS = ("tests/cluster/",)        # one xdist work unit each: run one test at a time
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--all", action="store_true", dest="whole_suite",
                      help="the whole suite: also the tests marked " + ", ".join(HEAVY)
                           + " (default: the fast tier without them)")
-
-
-SERIAL_DIRS = ("tests/cluster/",)  # one xdist work unit each: run one test at a time
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -52,7 +50,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return SerialDirsScheduling(config, log)
 
 
+def _xdist_order(item: pytest.Item) -> int:
+    """Under xdist: the readers of the session's smoke run first (the longest chain, started
+    while the serial tests/cluster/ unit runs on the other worker), container tests last (the
+    images .ci/run builds in the background get the most time)."""
+    if "smoke_run" in getattr(item, "fixturenames", ()):
+        return 0
+    return 2 if item.get_closest_marker("container") else 1
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: the same collection
+        items.sort(key=_xdist_order)
     named = any("::" in arg for arg in config.args)
     if config.getoption("whole_suite") or config.getoption("markexpr") or named:
         return

@@ -1,6 +1,6 @@
 """The two tiers of tests/conftest.py: the fast default leaves out slow, slurm and container tests;
 --all, an explicit -m or a named test id brings them back; under xdist (--dist loadgroup) the
-tests of tests/cluster/ run on one worker, one at a time."""
+tests of tests/cluster/ run on one worker, one at a time, the container ones last."""
 from __future__ import annotations
 
 import re
@@ -37,6 +37,11 @@ SERIAL = '''
 import pytest
 
 
+@pytest.mark.container
+def test_in_the_image():
+    pass
+
+
 @pytest.mark.parametrize("n", range(4))
 def test_one_at_a_time(n):
     pass
@@ -54,7 +59,8 @@ def sample(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def collected(sample: pytest.Pytester, *args: str, where: str = "tests/test_sample.py") -> list[str]:
+def collected(sample: pytest.Pytester, *args: str,
+              where: str = "tests/test_sample.py") -> list[str]:
     result = sample.runpytest_inprocess("--collect-only", "-q", where, *args)
     assert result.ret in (0, 5), result.stdout.str()
     return re.findall(r"test_sample\.py::(\w+)", result.stdout.str())
@@ -62,9 +68,9 @@ def collected(sample: pytest.Pytester, *args: str, where: str = "tests/test_samp
 
 def test_the_default_is_the_fast_tier_and_says_what_it_left_out(sample):
     result = sample.runpytest_inprocess("-v")
-    result.assert_outcomes(passed=5, deselected=3)  # test_unit and the 4 unmarked cluster ones
+    result.assert_outcomes(passed=5, deselected=4)  # test_unit and the 4 unmarked cluster ones
     assert "test_sample.py::test_unit PASSED" in result.stdout.str()
-    result.stdout.fnmatch_lines(["fast tier: 3 tests marked slow/slurm/container deselected*"])
+    result.stdout.fnmatch_lines(["fast tier: 4 tests marked slow/slurm/container deselected*"])
 
 
 def test_an_explicit_marker_expression_or_test_id_replaces_the_tier(sample):
@@ -75,6 +81,8 @@ def test_an_explicit_marker_expression_or_test_id_replaces_the_tier(sample):
 def test_all_on_two_xdist_workers_runs_the_cluster_directory_on_one_a_test_at_a_time(sample):
     pytest.importorskip("xdist")
     result = sample.runpytest_subprocess("--all", "-n", "2", "--dist", "loadgroup", "-v")
-    result.assert_outcomes(passed=8)
-    workers = re.findall(r"\[(gw\d)\] .*?PASSED tests/cluster/test_serial\.py::", result.stdout.str())
-    assert len(workers) == 4 and len(set(workers)) == 1, result.stdout.str()  # one worker, all four
+    result.assert_outcomes(passed=9)
+    ran = re.findall(r"\[(gw\d)\] .*?PASSED tests/cluster/test_serial\.py::(\w+)",
+                     result.stdout.str())
+    assert len(ran) == 5 and len({worker for worker, _ in ran}) == 1, ran  # one worker, all five
+    assert ran[-1][1] == "test_in_the_image", ran  # container tests last: the images build first
