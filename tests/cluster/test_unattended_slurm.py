@@ -117,6 +117,7 @@ def test_cancel_reaches_the_jobs_of_a_killed_submission(slurm_cluster, tmp_path,
     assert not manifest["intents"] and set(orphans) <= {e["job_id"] for e in manifest["history"]}
 
 
+@pytest.mark.slow
 def test_a_failed_two_rank_training_job_shows_the_first_failing_ranks_exception(
         slurm_cluster, tmp_path, capsys, monkeypatch, experiment):
     """Both ranks of an SFT job (fake GPUs: two tasks over gloo) fail loading truncated weights
