@@ -16,6 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
+from empo.data.synthetic import write_ed_corpus
+from empo.evaluate.tiny import make_tiny_eval_assets
+from empo.models import ZEPHYR_CHAT_TEMPLATE
 from empo.store import OWNER_MARKER, claim_dir, file_lock, remove_owned_dir
 
 log = logging.getLogger(__name__)
@@ -56,9 +59,6 @@ def ensure_tiny_assets(out_dir: Path) -> Path:
 
 
 def _build(out_dir: Path) -> None:
-    from empo.data.synthetic import write_ed_corpus
-    from empo.evaluate.tiny import make_tiny_eval_assets
-
     write_ed_corpus(out_dir / "ed", per_emotion=CORPUS_SIZES, seed=0, malformed=True)
     make_tiny_causal_lm(out_dir / "model", corpus_dir=out_dir / "ed")
     make_tiny_eval_assets(out_dir)
@@ -81,7 +81,6 @@ def make_tiny_causal_lm(out_dir: Path, corpus_dir: Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-    from empo.models import ZEPHYR_CHAT_TEMPLATE
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

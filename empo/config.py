@@ -14,6 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,8 +22,8 @@ import yaml
 
 from empo.errors import ConfigError
 from empo.executors import EXECUTORS, SlurmOptions
-from empo.options import attention_problem
 from empo.metrics import metric_stages
+from empo.options import attention_problem
 from empo.trainer_fields import REFUSED, trl_fields
 from empo.validate import (Range, check_name, check_override_text, check_range, check_text,
                            load_yaml, read_text)
@@ -651,8 +652,6 @@ PACKAGE_PREFIX = "empo:"  # `empo:NAME` = a data file shipped in the package, un
 def package_file(name: str) -> Path:
     """The file `empo:NAME` names: empo/defaults/NAME of the installed package (a checkout, a
     wheel and the container image alike), read with importlib.resources."""
-    from importlib import resources
-
     relative = name.removeprefix(PACKAGE_PREFIX).strip("/")
     resource = resources.files("empo").joinpath("defaults", *relative.split("/"))
     if not relative or ".." in relative.split("/") or not isinstance(resource, Path):

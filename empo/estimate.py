@@ -20,6 +20,7 @@ from typing import Any
 from empo.config import ExperimentConfig
 from empo.data.chat import eligible, target_index
 from empo.data.ed import load_dialogues
+from empo.models import load_tokenizer
 from empo.pipeline import build_graph
 from empo.stages import hook, memory_plan, stage_kind, training_kinds
 
@@ -50,8 +51,6 @@ class Estimate:
 def _counter(cfg: ExperimentConfig) -> tuple[Any, str]:
     """A text -> token count function: the model's tokenizer, else ~4 characters per token."""
     try:
-        from empo.models import load_tokenizer
-
         tokenizer = load_tokenizer(cfg)
         return (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
                 "the model's tokenizer")

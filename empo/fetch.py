@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
+from empo.evaluate.epitome_layout import CHECKPOINT_FILES, checkpoint_problems, sha256
 from empo.hub import Asset, experiment_assets, hf_home, hub_cache
 
 # weights of other frameworks in model repos: never read by EmPO
@@ -127,8 +128,6 @@ def _prepare_dataset(asset: Asset, home: Path) -> None:
 
 
 def _epitome(asset: Asset) -> Row:
-    from empo.evaluate.epitome_layout import CHECKPOINT_FILES, checkpoint_problems, sha256
-
     how = ("the published finetuned_{ER,EX,IP}.pth of Lee et al. 2022 (linked from the README of "
            "github.com/passing2961/EmpGPT-3, a Google Drive folder; download by hand; README: "
            "'EPITOME checkpoints'), or eval.epitome.checkpoints: train")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
-from empo.stages import REGISTRY, experiment_kinds, hook
 from empo.executors import OFFLINE_BY_DEFAULT
+from empo.stages import REGISTRY, experiment_kinds, hook
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
@@ -59,9 +61,6 @@ def offline_unless_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     huggingface.co) within `timeout_s`. Unreachable: the offline switches are set for the rest
     of the process, so models, tokenizers and datasets come from the cache at once instead of
     after the clients' retries on every file. Returns whether the process is now offline."""
-    import urllib.error
-    import urllib.request
-
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
         return True
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")

@@ -10,6 +10,7 @@ device). Config problems are TrainErrors; an unusable model, tokenizer or adapte
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -18,7 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from empo.errors import ModelError, TrainError
+from empo.errors import ConfigError, ModelError, TrainError
+from empo.options import require_attention
+from empo.store import adapter_problem
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions
     import peft
@@ -127,8 +130,6 @@ def template_writes_bos(tokenizer: "PreTrainedTokenizerBase") -> bool:
 def set_bos(tokenizer: "PreTrainedTokenizerBase", add_bos: bool | str = "auto") -> bool:
     """Make the tokenizer's chat template start with exactly one BOS, or none (`model.add_bos`:
     auto = as `tokenizer_adds_bos`); idempotent. Returns whether renderings start with BOS."""
-    from empo.errors import ConfigError
-
     want = tokenizer_adds_bos(tokenizer) if add_bos == "auto" else bool(add_bos)
     if want and tokenizer.bos_token is None:
         raise ConfigError("model.add_bos: true, but the tokenizer has no BOS token")
@@ -210,10 +211,6 @@ def load_tokenizer(cfg: "ExperimentConfig", padding_side: str = "right") -> "Pre
 def quantization_config(quantization: str, dtype: str) -> Any:
     """transformers' BitsAndBytesConfig for `model.quantization` (None for none): nf4 = 4-bit
     NF4 weights computing in `dtype` (QLoRA). ConfigError where bitsandbytes or CUDA is missing."""
-    import importlib.util
-
-    from empo.errors import ConfigError
-
     if quantization in (None, "none"):
         return None
     if quantization != "nf4":
@@ -238,7 +235,6 @@ def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | No
     placed on this process's GPU) with the attention implementation asked for."""
     from transformers import AutoModelForCausalLM
 
-    from empo.options import require_attention
 
     require_attention(attn_implementation)
     kwargs: dict[str, Any] = {"dtype": "auto" if dtype == "auto" else torch_dtype(dtype)}
@@ -404,7 +400,6 @@ def check_adapter_dir(adapter_dir: Path, what: str = "adapter") -> dict[str, Any
         raise ModelError(f"{config_path}: invalid JSON ({err})") from None
     if not any((adapter_dir / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
         raise ModelError(f"{what} {adapter_dir} has no adapter_model.safetensors")
-    from empo.store import adapter_problem
 
     problem = adapter_problem(adapter_dir)
     if problem:

@@ -29,13 +29,15 @@ from submitit.helpers import Checkpointable
 from empo.config import ExperimentConfig
 from empo.distributed import process_rank
 from empo.errors import ConfigError, EmpoError, LaunchError
+from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
 from empo.fingerprint import fingerprint, identity_fields
+from empo.joblog import finish_streams, start_job_logging
 from empo.reader import ReadError, read_json, read_text
-from empo.store import (atomic_write_json, atomic_write_text, claim_experiment_dir,
-                        json_object_problem, marker, merge_json, move_aside, run_dir, stage_lock)
 from empo.results.sweep import expand_sweep, point_name
 from empo.stages import (REGISTRY, call_stage, output_problem, stage_kind, trained_variants,
                          variant_stages)
+from empo.store import (atomic_write_json, atomic_write_text, claim_experiment_dir,
+                        json_object_problem, marker, merge_json, move_aside, run_dir, stage_lock)
 from empo.tracking import log_eval_metrics
 
 log = logging.getLogger(__name__)
@@ -334,8 +336,6 @@ def eval_stages(variant: Variant, seed: int, where: Path, after: tuple[str, ...]
 
 def epitome_checkpoints(cfg: ExperimentConfig) -> Path:
     """Where the `epitome_train` stage of `cfg` writes the classifiers (by fingerprint)."""
-    from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
-
     return trained_dir(cfg) / CHECKPOINTS
 
 
@@ -446,8 +446,6 @@ class StageCall:
         self.stages = tuple(stages)
 
     def __call__(self) -> dict[str, str]:
-        from empo.joblog import finish_streams, start_job_logging
-
         start_job_logging(self.stages)  # header, plain progress lines, each warning once
         try:
             return self._run_stages()

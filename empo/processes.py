@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from empo.reader import inside
+
 
 def boot_id() -> str:
     try:
@@ -84,8 +86,6 @@ def owned_job(entry: Any, experiment_dir: Path) -> ProcessId | None:
     """The live local job (submitit controller) a manifest entry names, when it is ours: the
     entry's recorded identity (`process`: host, boot, PID, start time) matches the live process,
     its job folder lies inside `experiment_dir`, and the process runs that folder. Else None."""
-    from empo.reader import inside
-
     if not isinstance(entry, dict):
         return None
     process = ProcessId.from_record(entry.get("process"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from argparse import ArgumentTypeError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from empo.errors import ConfigError
+from empo.quoting import unsafe_char
+from empo.reader import ReadError, read_bytes
 
 MAX_YAML_BYTES = 1 << 20          # a config, profile or experiment.yaml larger than this is refused
 MAX_YAML_NODES = 100_000          # after alias expansion (an alias bomb expands to billions)
@@ -31,8 +34,6 @@ SEED_LIMIT = 2**32                # numpy/torch seeds: 0 <= seed < 2^32
 
 def read_text(path: Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> str:
     """A UTF-8 text file; ConfigError naming the file for unreadable, oversized or non-UTF-8."""
-    from empo.reader import ReadError, read_bytes
-
     path = Path(path)
     try:  # the bounded reader: a FIFO or device is refused without blocking
         data = read_bytes(path, limit)
@@ -128,8 +129,6 @@ def sbatch_option_problem(key: str) -> str | None:
 def check_override_text(text: str) -> str:
     """A raw `KEY=VALUE` override, refused before YAML reads it when it holds a control,
     line-separator or bidi character (YAML would fold `gpu\nx` into `gpu x`)."""
-    from empo.quoting import unsafe_char
-
     found = unsafe_char(text)
     if found is not None:
         raise ConfigError(f"override {text[:60]!r}: control character {found[1]!r} at position "
@@ -141,8 +140,6 @@ def check_text(value: Any, path: str) -> None:
     """ConfigError if a string in `value` (nested lists/dicts too) holds a control character,
     a line/paragraph separator or a bidi control (`quoting.unsafe_char`; newlines and tabs are
     allowed in FREE_TEXT_FIELDS)."""
-    from empo.quoting import unsafe_char
-
     if isinstance(value, str):
         free = path.rsplit(".", 1)[-1] in FREE_TEXT_FIELDS
         found = unsafe_char(value, "\n\t" if free else "")
@@ -261,8 +258,6 @@ def check_range(cls: type, name: str, value: Any, path: str) -> None:
 
 
 def _int_at_least(text: str, low: int, high: int | None = None, what: str = "an integer") -> int:
-    from argparse import ArgumentTypeError
-
     try:
         value = int(text)
     except ValueError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from empo.assets import ensure_tiny_assets
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("assets", help="make offline assets")
@@ -14,8 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from empo.assets import ensure_tiny_assets
-
     path = ensure_tiny_assets(args.out)
     print(path)
     return 0

@@ -7,7 +7,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from empo.config import ExperimentConfig, build_section, load_config
+from empo.assets import ensure_tiny_assets
+from empo.config import ExperimentConfig, build_section, load_config, parse_override
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +22,6 @@ def load_experiment(args: argparse.Namespace, ensure_assets: bool = True) -> Exp
     """The validated config; tiny offline assets it names are created on first use."""
     cfg = load_config(args.config, args.overrides)
     if ensure_assets and cfg.assets:
-        from empo.assets import ensure_tiny_assets
-
         ensure_tiny_assets(cfg.resolve(cfg.assets))
     return cfg
 
@@ -59,8 +58,6 @@ def section_from_args(args: argparse.Namespace, cls: type, prefix: str,
 
 def _yaml_value(value: Any) -> Any:
     """Command-line text read as YAML scalars ('5' -> 5, 'null' -> None), like overrides."""
-    from empo.config import parse_override
-
     if isinstance(value, str):
         return parse_override(f"x={value}")[1]
     return value

@@ -5,6 +5,8 @@ import argparse
 import sys
 
 from empo.commands.common import add_config_args, load_experiment
+from empo.launch import check_executor
+from empo.launch.preflight import check_preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +35,6 @@ def _show(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     cfg = load_experiment(args, ensure_assets=args.preflight)
     if args.preflight:
-        from empo.launch import check_executor
-        from empo.launch.preflight import check_preflight
-
         check_preflight(cfg, check_executor(args.executor or cfg.cluster.executor))
         print(f"{args.config}: preflight passed")
     print(f"{args.config}: valid (hash {cfg.config_hash()})")

@@ -9,11 +9,17 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from empo.data.chat import eligible, eval_example, message_row, sft_example
+from empo.data.ed import load_dialogues
+from empo.data.emotions import default_table_path, load_table
+from empo.data.preference import check_arguments, write_preference_jsonl
 from empo.errors import DataError
+from empo.store import atomic_write_jsonl, check_output
 from empo.validate import check_seed
 
 log = logging.getLogger(__name__)
@@ -77,14 +83,10 @@ def _export_args(parser: argparse.ArgumentParser, split: str) -> None:
 
 def _check_out(args: argparse.Namespace) -> None:
     """Fail before any loading when the output cannot be written or would replace an input."""
-    from empo.store import check_output
-
     check_output(args.out, [args.source, getattr(args, "table", None)])
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from empo.data.ed import load_dialogues
-
     result = load_dialogues(args.source, args.split, args.revision)
     log.info("%s [%s]: %d dialogues, %d utterances, %d malformed rows dropped",
              result.path, args.split, len(result.dialogues), result.utterances, result.malformed)
@@ -92,22 +94,15 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from empo.data.chat import sft_example
-
     return _export(args, sft_example, "SFT examples")
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from empo.data.chat import eval_example
-
     return _export(args, eval_example, "eval examples")
 
 
 def _export(args: argparse.Namespace, example: Callable[..., dict], what: str) -> int:
     """One JSONL row per eligible dialogue of the split, written atomically."""
-    from empo.data.chat import eligible
-    from empo.store import atomic_write_jsonl
-
     _check_out(args)
     result = _load(args)
     rows = [example(d, args.system_prompt) for d in eligible(result.dialogues)]
@@ -120,15 +115,10 @@ def _export(args: argparse.Namespace, example: Callable[..., dict], what: str) -
 
 
 def _messages(args: argparse.Namespace) -> int:
-    from empo.data.chat import message_row
-
     return _export(args, message_row, "dialogues in message form")
 
 
 def _preference(args: argparse.Namespace) -> int:
-    from empo.data.emotions import default_table_path, load_table
-    from empo.data.preference import check_arguments, write_preference_jsonl
-
     _check_out(args)
     check_arguments(args.epochs, args.sampling, args.seed)
     table = load_table(args.table or default_table_path())
@@ -143,10 +133,6 @@ def _preference(args: argparse.Namespace) -> int:
 
 def split_stats(result: Any, table: Any = None) -> dict[str, Any]:
     """The numbers `empo data stats` reports for one loaded split."""
-    from collections import Counter
-
-    from empo.data.chat import eligible
-
     usable = eligible(result.dialogues)
     counts = Counter(d.emotion for d in usable)
     everything = Counter(d.emotion for d in result.dialogues)
@@ -166,9 +152,6 @@ def split_stats(result: Any, table: Any = None) -> dict[str, Any]:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from empo.data.ed import load_dialogues
-    from empo.data.emotions import load_table
-
     table = load_table(args.table) if args.table else None
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     report = {split: split_stats(load_dialogues(args.source, split, args.revision), table)

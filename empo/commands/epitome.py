@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+
+from empo.evaluate.epitome_data import Recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from empo.evaluate.epitome_data import Recipe
     from empo.evaluate.epitome_train import train_classifiers
 
     changes = {"epochs": args.epochs, "max_steps": args.max_steps}

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from empo.commands.common import add_section_options, section_from_args
 from empo.config import BertScoreConfig, EpitomeConfig, GenerationConfig, MMLUConfig
+from empo.evaluate.generate import GenerationSettings, generate_file
+from empo.evaluate.mmlu import run_mmlu
+from empo.evaluate.stages import bertscore_file, epitome_file
+from empo.store import check_output, merge_json
 from empo.validate import check_seed as seed
 
 # `eval.epitome` fields that are not options of `empo eval epitome` (--checkpoints names a directory)
@@ -58,24 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check_out(path: Path, args: argparse.Namespace) -> None:
     """Before any model loads: the output can be written and is none of the inputs."""
-    from empo.store import check_output
-
     inputs = [getattr(args, name, None) for name in
               ("input", "data", "model", "adapter", "checkpoints", "include_path")]
     check_output(path, [i for i in inputs if isinstance(i, (str, Path))])
 
 
 def _report(out: Path, metrics: dict) -> None:
-    from empo.store import merge_json
-
     merge_json(out, metrics)
     print(f"{out}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in metrics.items()))
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from empo.evaluate.generate import GenerationSettings, generate_file
-
     _check_out(args.out, args)
     settings = GenerationSettings.from_config(
         section_from_args(args, GenerationConfig, "eval.generation"), args.system_prompt)
@@ -86,8 +84,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _epitome(args: argparse.Namespace) -> int:
-    from empo.evaluate.stages import epitome_file
-
     _check_out(args.out, args)
     if args.per_item is not None:
         _check_out(args.per_item, args)
@@ -99,8 +95,6 @@ def _epitome(args: argparse.Namespace) -> int:
 
 
 def _bertscore(args: argparse.Namespace) -> int:
-    from empo.evaluate.stages import bertscore_file
-
     _check_out(args.out, args)
     bert = section_from_args(args, BertScoreConfig, "eval.bertscore")
     metrics = bertscore_file(args.input, bert.model, bert.num_layers, bert.batch_size,
@@ -110,8 +104,6 @@ def _bertscore(args: argparse.Namespace) -> int:
 
 
 def _mmlu(args: argparse.Namespace) -> int:
-    from empo.evaluate.mmlu import run_mmlu
-
     _check_out(args.out, args)
     mmlu = section_from_args(args, MMLUConfig, "eval.mmlu")
     metrics = run_mmlu(args.model, args.adapter, mmlu.tasks, mmlu.num_fewshot, mmlu.include_path,

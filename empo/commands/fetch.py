@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rich.table import Table
+
 from empo.commands.common import add_config_args, load_experiment
+from empo.evaluate.epitome_layout import PUBLISHED_SHA256
+from empo.fetch import fetch, human
+from empo.launch.preflight import PreflightError, Problem
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +33,6 @@ def add_preflight_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from empo.evaluate.epitome_layout import PUBLISHED_SHA256
-    from empo.fetch import fetch, human
-    from empo.launch.preflight import PreflightError, Problem
     from empo.launch.status import console
 
     cfg = load_experiment(args)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from empo.commands.common import add_config_args, load_experiment
 from empo.errors import LaunchError
+from empo.launch import check_launch
+from empo.launch.backends import batch_backend
+from empo.launch.wrapper import run_wrapper, sbatch_wrapper, submit_all
 
 JOBS_DIR = "jobs"
 
@@ -57,15 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from empo.launch.wrapper import run_wrapper
-
     dry = args.print_command or os.environ.get("EMPO_DRY_RUN") == "1"
     return run_wrapper(args.kind, args.args, dry_run=dry)
 
 
 def _sbatch(args: argparse.Namespace) -> int:
-    from empo.launch.wrapper import sbatch_wrapper
-
     words = list(args.args)
     split = words.index("--") if "--" in words else len(words)
     if shutil.which("sbatch") is None:
@@ -76,10 +75,6 @@ def _sbatch(args: argparse.Namespace) -> int:
 
 
 def _submit_all(args: argparse.Namespace) -> int:
-    from empo.launch import check_launch
-    from empo.launch.backends import batch_backend
-    from empo.launch.wrapper import submit_all
-
     cfg = load_experiment(args, ensure_assets=False)
     if not args.dry_run:
         check_launch(cfg, batch_backend(cfg.cluster.executor).name)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from empo.results.aggregate import aggregate
+from empo.results.compare import read_table_csv
+from empo.results.plots import plot
 from empo.store import claim_experiment_dir
 
 
@@ -34,9 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _aggregate(args: argparse.Namespace) -> int:
-    from empo.results.aggregate import aggregate
-    from empo.results.compare import read_table_csv
-
     if args.compare is not None:
         read_table_csv(args.compare)  # a bad reference fails before anything is written
     claim_experiment_dir(args.results_dir, create=False)  # tables go only into EmPO's directory
@@ -49,8 +49,6 @@ def _aggregate(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from empo.results.plots import plot
-
     claim_experiment_dir(args.results_dir, create=False)  # plots go only into EmPO's directory
     for path in plot(args.results_dir, skip_bad=args.skip_bad):
         print(path)

@@ -7,7 +7,9 @@ import sys
 
 from empo.commands.common import add_config_args, load_experiment
 from empo.errors import EmpoError, TrainError
+from empo.hub import offline_unless_reachable
 from empo.stages import REGISTRY, memory_plan, training_kinds
+from empo.train.memory import checkpoint_plan, format_plan
 from empo.validate import check_positive_int, check_seed
 
 
@@ -40,14 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _positive_float(text: str) -> float:
-    import argparse as _argparse
-
     try:
         value = float(text)
     except ValueError:
-        raise _argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < 1e12:
-        raise _argparse.ArgumentTypeError(f"{text}: must be > 0")
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
     return value
 
 
@@ -79,8 +79,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from empo.estimate import estimate, estimate_text
-    from empo.hub import offline_unless_reachable
-    from empo.train.memory import checkpoint_plan, format_plan
 
     if offline_unless_reachable():  # once, before any Hub client: no retries on every file
         print("empo plan: the Hub is not reachable from here: reading models and data from the "

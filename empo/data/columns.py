@@ -6,6 +6,7 @@ preference export builds its JSON lines from it without a Python loop per turn o
 """
 from __future__ import annotations
 
+import json.encoder
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +82,6 @@ def json_escape(values: Any) -> Any:
     Only `"`, `\\` and control characters need escaping; the bytes are scanned with numpy and
     just the strings containing one go through json's own encoder. Put the quotes around it.
     """
-    import json.encoder
-
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc

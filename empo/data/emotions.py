@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from empo.config import package_file
 from empo.errors import DataError
 
 TABLE_COLUMNS = ("emotion", "opposite", "source")
@@ -18,8 +19,6 @@ DEFAULT_TABLE = "empo:emotions/plutchik.tsv"  # paper Table 2, shipped in the pa
 
 def default_table_path() -> Path:
     """The paper's table (Table 2) as installed with the package."""
-    from empo.config import package_file
-
     return package_file(DEFAULT_TABLE)
 
 

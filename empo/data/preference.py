@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from empo.data.columns import Columns
+from empo.data.columns import Columns, json_escape, ranges, write_values
 from empo.data.ed import Dialogue
 from empo.data.emotions import EmotionTable
 from empo.errors import DataError
+from empo.store import atomic_path
+from empo.validate import SEED_LIMIT
 
 SAMPLINGS = ("balanced", "uniform")
 ROW_FIELDS = ("conv_id", "emotion", "epoch", "prompt", "chosen", "rejected", "rejected_conv_id",
@@ -61,8 +64,6 @@ MAX_EPOCHS = 1000  # as the config's num_train_epochs (empo.validate.RANGES)
 def check_arguments(epochs: int, sampling: str, seed: int = 0) -> None:
     """DataError for an epoch count outside 1..MAX_EPOCHS, a seed outside 0..2^32-1 or an
     unknown sampling scheme."""
-    from empo.validate import SEED_LIMIT
-
     if not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS:
         raise DataError(f"epochs: {epochs!r} is out of range; allowed: 1 <= epochs <= {MAX_EPOCHS}")
     if not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
@@ -118,8 +119,6 @@ def preference_pairs(dialogues: Sequence[Dialogue] | Columns, table: EmotionTabl
                      where: str = "the split") -> list[dict[str, Any]]:
     """All preference rows of `epochs` epochs (fields ROW_FIELDS; see the module docstring), as
     `write_preference_jsonl` writes them: one implementation of the rows, read back."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="empo-pairs-") as tmp:
         path = Path(tmp) / "pairs.jsonl"
         write_preference_jsonl(path, dialogues, table, epochs, seed, sampling, system_prompt, where)
@@ -139,8 +138,6 @@ def write_preference_jsonl(path: Path, data: Columns | Sequence[Dialogue], table
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from empo.data.columns import write_values
-    from empo.store import atomic_path
 
     cols = (data if isinstance(data, Columns) else Columns.from_dialogues(list(data))).eligible()
     draws = rejected_indices(cols.emotions, cols.conv_ids, table, epochs, seed, sampling, where)
@@ -160,7 +157,6 @@ def _row_pieces(cols: Columns, system_prompt: str | None) -> tuple[Any, Any, Any
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from empo.data.columns import json_escape, ranges
 
     join = pc.binary_join_element_wise
     text = json_escape(cols.turns)  # every turn once; prompts and answers take from it

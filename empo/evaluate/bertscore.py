@@ -1,6 +1,7 @@
 """BERTScore of predictions against references (bert-score; default roberta-large, its layer)."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +16,6 @@ def resolve_layers(model: str, num_layers: int | None) -> int:
             raise EvalError(f"BERTScore num_layers must be >= 1, got {num_layers}")
         config = Path(model) / "config.json"
         if config.is_file():
-            import json
-
             total = json.loads(config.read_text()).get("num_hidden_layers")
             if isinstance(total, int) and num_layers > total:
                 raise EvalError(f"BERTScore num_layers {num_layers}: {model} has {total} layers")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformers import RobertaConfig, RobertaModel
 
 from empo.errors import EvalError
+from empo.reader import ReadError, open_regular
 
 ASPECTS = ("ER", "EX", "IP")
 CHECKPOINT_FILES = {aspect: f"finetuned_{aspect}.pth" for aspect in ASPECTS}
@@ -159,8 +160,6 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """torch.load(weights_only=True), memory-mapped when the file format allows it; a file that
     is not a regular one (FIFO, device) is refused before torch opens it."""
-    from empo.reader import ReadError, open_regular
-
     try:
         os.close(open_regular(Path(path)))
     except ReadError as err:

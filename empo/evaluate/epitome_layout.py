@@ -15,6 +15,7 @@ import re
 import zipfile
 from pathlib import Path
 
+from empo.config import package_file
 from empo.errors import EvalError
 
 CHECKPOINT_FILES = {aspect: f"finetuned_{aspect}.pth" for aspect in ("ER", "EX", "IP")}
@@ -85,8 +86,6 @@ def state_dict_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def published_layout() -> set[str]:
     """The published checkpoints' keys with layer numbers folded (`layer.N.`)."""
-    from empo.config import package_file
-
     text = package_file("empo:epitome/state_dict_keys.tsv").read_text()
     return {_LAYER.sub(".layer.N.", line.split("\t")[0]) for line in text.splitlines() if line}
 

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from empo.errors import EvalError
 from empo.evaluate.epitome import (ASPECTS, CHECKPOINT_FILES, EpitomeClassifier, encode,
                                    load_encoder_config, load_tokenizer, pad)
-from empo.evaluate.epitome_data import (DEFAULT_SEED, SPLIT_FRACTIONS, SPLITS, Annotation, Recipe,
-                                        fingerprint, load_annotations, split_annotations,
-                                        training_fields)
+from empo.evaluate.epitome_data import (CHECKPOINTS, DEFAULT_SEED, SPLIT_FRACTIONS, SPLITS, STAGE,
+                                        Annotation, Recipe, fingerprint, load_annotations,
+                                        split_annotations, stage_fields, training_fields)
+from empo.store import atomic_write_json, is_done, mark_done
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +281,6 @@ def epitome_train_stage(cfg, directory: Path) -> Path:
     """The pipeline's stage (eval.epitome.checkpoints: train): the classifiers trained once into
     `directory`/checkpoints (`directory` is named by their fingerprint), then stage.json and the
     DONE marker. Checkpoints finished by an interrupted run are kept, not retrained."""
-    from empo.evaluate.epitome_data import CHECKPOINTS, STAGE, stage_fields
-    from empo.store import atomic_write_json, is_done, mark_done
-
     directory = Path(directory)
     out = directory / CHECKPOINTS
     if is_done(directory, STAGE):

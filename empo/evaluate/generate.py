@@ -20,6 +20,7 @@ from typing import Any
 from empo.config import GenerationConfig
 from empo.errors import EvalError
 from empo.evaluate import PREDICTION_FIELDS, read_jsonl
+from empo.models import check_adapter, load_adapter, load_causal_lm, load_tokenizer_from
 from empo.store import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ def load_generation_tokenizer(base: str, chat_template: str | None = None,
                               add_bos: bool | str = "auto"):
     """The tokenizer every generation backend builds its prompt ids with: `models`' one loader,
     left padding, the configured chat template, a BOS from the template as in training."""
-    from empo.models import load_tokenizer_from
-
     template = None
     if chat_template:
         try:
@@ -92,7 +91,6 @@ def load_generator(base: str, adapter: Path | None = None, dtype: str = "auto",
     template starts with a BOS as in training (`model.add_bos`); `quantization` as in training."""
     import torch
 
-    from empo.models import check_adapter, load_adapter, load_causal_lm
 
     if dtype not in DTYPES:
         raise EvalError(f"dtype '{dtype}': allowed {', '.join(DTYPES)}")

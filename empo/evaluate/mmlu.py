@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.errors import EvalError
+from empo.models import check_adapter
 from empo.store import atomic_write_text
 
 # lm-eval result entries that describe the machine or the tokenizer's tokens, not the evaluation
@@ -51,8 +52,6 @@ def run_mmlu(model: str, adapter: Path | None = None, tasks: Sequence[str] = ("m
     if include_path is not None and not Path(include_path).is_dir():
         raise EvalError(f"MMLU include path {include_path} is not a directory")
     if adapter is not None:
-        from empo.models import check_adapter
-
         check_adapter(model, Path(adapter))
     import torch
     from lm_eval import simple_evaluate

@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from empo.config import ExperimentConfig
+from empo.data import ed
+from empo.data.chat import eligible, eval_example
 from empo.errors import EvalError
 from empo.evaluate import read_jsonl
+from empo.evaluate.bertscore import bertscore_items, mean_scores
+from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
 from empo.evaluate.epitome_layout import DIGESTS_FILE, checkpoint_digests
+from empo.evaluate.generate import GenerationSettings, generate_predictions, load_generator
+from empo.evaluate.mmlu import run_mmlu
+from empo.evaluate.vllm_backend import generate_vllm, require_vllm
 from empo.store import atomic_write_json, atomic_write_jsonl, is_done, mark_done, merge_json
 
 log = logging.getLogger(__name__)
@@ -62,8 +69,6 @@ def bertscore_file(predictions: Path, model: str = "roberta-large", num_layers: 
                    drop_empty: bool = False, per_item: Path | None = None) -> dict[str, float]:
     """BERTScore (fbert, precision, recall) of a predictions file; per-pair scores written to
     `per_item` when given (a line per scored row, in epitome_items.jsonl's order)."""
-    from empo.evaluate.bertscore import bertscore_items, mean_scores
-
     rows = scored_rows(read_jsonl(predictions, ("prediction", "reference"), what="predictions"),
                        drop_empty)
     items = bertscore_items([r["prediction"] for r in rows], [r["reference"] for r in rows],
@@ -79,10 +84,7 @@ def bertscore_file(predictions: Path, model: str = "roberta-large", num_layers: 
 
 def eval_examples(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """The eval split as generation inputs (DESIGN §3), first `data.max_eval_examples` only."""
-    from empo.data.chat import eligible, eval_example
-    from empo.data.ed import load_dialogues
-
-    result = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.eval_split,
+    result = ed.load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.eval_split,
                             cfg.data.revision)
     dialogues = eligible(result.dialogues)
     if cfg.data.max_eval_examples is not None:
@@ -112,8 +114,6 @@ def _finish(run_dir: Path, stage: str, metrics: dict[str, Any]) -> dict[str, Any
 def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
                    adapter: Path | None) -> Path:
     """run_dir/predictions.jsonl for the eval split (resumable), then DONE.generate."""
-    from empo.evaluate.generate import GenerationSettings, generate_predictions, load_generator
-
     run_dir = Path(run_dir)
     out = run_dir / PREDICTIONS
     if is_done(run_dir, "generate"):
@@ -122,8 +122,6 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
     if backend not in ("transformers", "vllm"):
         raise EvalError(f"eval.generation.backend '{backend}': allowed transformers, vllm")
     if backend == "vllm":
-        from empo.evaluate.vllm_backend import require_vllm
-
         require_vllm()  # before the eval split is read
     run_dir.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(cfg)  # the system prompt is already in each prompt
@@ -131,8 +129,6 @@ def generate_stage(cfg: ExperimentConfig, seed: int, run_dir: Path,
     base = cfg.local_or_name(cfg.model.name_or_path)
     template = str(cfg.resolve(cfg.model.chat_template)) if cfg.model.chat_template else None
     if backend == "vllm":
-        from empo.evaluate.vllm_backend import generate_vllm
-
         signature = {"base": base, "adapter": str(adapter) if adapter else None,
                      "chat_template": template, "seed": seed, "add_bos": cfg.model.add_bos}
         generate_vllm(examples, out, base, adapter, settings, signature, cfg.model.dtype, template,
@@ -165,8 +161,6 @@ def epitome_stage(cfg: ExperimentConfig, run_dir: Path,
         return _stored(run_dir, EPITOME_KEYS)
     settings = cfg.eval.epitome
     if checkpoints is None and settings.checkpoints == "train":
-        from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
-
         checkpoints = trained_dir(cfg) / CHECKPOINTS
     if checkpoints is None and not settings.checkpoints:
         raise EvalError("eval.epitome.checkpoints is not set: a directory with the published "
@@ -198,8 +192,6 @@ def bertscore_stage(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
 
 def mmlu_stage(cfg: ExperimentConfig, run_dir: Path, adapter: Path | None) -> dict[str, Any]:
     """MMLU accuracy of base + adapter; lm-eval's results kept in run_dir/mmlu_results.json."""
-    from empo.evaluate.mmlu import run_mmlu
-
     run_dir = Path(run_dir)
     if is_done(run_dir, "mmlu"):
         return _stored(run_dir, MMLU_KEYS)

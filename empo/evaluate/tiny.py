@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+import yaml
+
 TINY_HIDDEN = 32
 TINY_LAYERS = 2
 TINY_VOCAB = 400
@@ -139,8 +141,6 @@ def _questions(subject: str, count: int, rng: random.Random) -> list[dict]:
 
 def _write_mmlu(out: Path) -> None:
     """Group `mmlu_tiny` of two subtasks (10 test + 5 dev questions each), MMLU's prompt format."""
-    import yaml
-
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     subtasks = []

@@ -17,11 +17,14 @@ import importlib.util
 import json
 import logging
 import shutil
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from empo.errors import EvalError
+from empo.evaluate.generate import decode_response, generate_predictions, load_generation_tokenizer
+from empo.models import check_adapter
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,6 @@ def require_vllm() -> None:
 def lora_ranks() -> tuple[int, ...]:
     """The max_lora_rank values the installed vLLM accepts."""
     try:
-        import typing
-
         from vllm.config.lora import MaxLoRARanks
 
         return tuple(sorted(typing.get_args(MaxLoRARanks)))
@@ -111,10 +112,6 @@ def generate_vllm(examples: list[dict[str, Any]], out: Path, base: str, adapter:
                   seed: int | None = None, quantization: str = "none",
                   attn_implementation: str | None = None) -> Path:
     """predictions.jsonl for `examples` with vLLM (resumable); see the module docstring."""
-    from empo.evaluate.generate import (decode_response, generate_predictions,
-                                        load_generation_tokenizer)
-    from empo.models import check_adapter
-
     if quantization not in (None, "none"):
         raise EvalError(f"eval.generation.backend: vllm does not load model.quantization "
                         f"{quantization}; use backend: transformers")

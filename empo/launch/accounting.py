@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.launch.backends import by_backend
+from empo.reader import ReadError, read_text
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,6 @@ def rank_logs(log: Path) -> list[Path]:
 
 
 def _tail(path: Path) -> str:
-    from empo.reader import ReadError, read_text
-
     try:
         return read_text(path, limit=EXCEPTION_TAIL, tail=True)
     except (OSError, ReadError):

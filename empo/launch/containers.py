@@ -21,6 +21,7 @@ from pathlib import Path
 from empo.config import RUNTIMES, ExperimentConfig
 from empo.errors import LaunchError
 from empo.executors import EXECUTORS
+from empo.hub import hub_binds
 from empo.launch.backends import backend
 from empo.quoting import shell_word
 
@@ -147,7 +148,6 @@ def container_command(cfg: ExperimentConfig, always_bind: Iterable[Path],
     runtime = cfg.cluster.container.runtime
     if runtime == "none":
         return ContainerCommand()
-    from empo.hub import hub_binds
 
     pairs = bind_pairs(cfg, [*always_bind, *hub_binds(cfg)])  # offline jobs read the Hub cache
     image = image_path(cfg)

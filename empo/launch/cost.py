@@ -14,6 +14,8 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from empo.launch.accounting import job_info
+from empo.launch.manifest import read_manifest
 from empo.store import atomic_write_text
 
 if TYPE_CHECKING:
@@ -143,9 +145,6 @@ def experiment_cost(graph: Graph, statuses: list[StageStatus], details: dict[str
     """Add the costs of every job the experiment queued (the manifest's current jobs and its
     history) to `statuses`; write cost.csv (and table.md's footer) unless `write` is off or the
     results directory is read-only (then None)."""
-    from empo.launch.accounting import job_info
-    from empo.launch.manifest import read_manifest
-
     history = read_manifest(graph.experiment_dir).get("history", [])
     missing = {f"history[{i}]": e for i, e in enumerate(history) if e["job_id"] not in details}
     if missing:  # an earlier job's state: accounting's (SLURM), what the driver recorded (local)

@@ -11,6 +11,7 @@ earlier dry run listed in dry-run/.written.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from empo.assets import ensure_tiny_assets
 from empo.config import ExperimentConfig
 from empo.launch import check_container, job_resources, make_executor
 from empo.launch.accounting import run_query
@@ -64,8 +66,6 @@ class DryJob:
 def slurm_answers() -> bool:
     """sbatch is here and the controller answers (sinfo; not tried when SLURM_CONF names no
     file: the clients would then spend half a minute on DNS lookups)."""
-    import os
-
     conf = os.environ.get("SLURM_CONF")
     if shutil.which("sbatch") is None or (conf and not os.path.exists(conf)):
         return False
@@ -121,8 +121,6 @@ def dry_run(cfg: ExperimentConfig, check: bool = True) -> tuple[list[DryJob], li
     chosen = batch_backend(cfg.cluster.executor)  # the scripts of the batch system submit uses
     claim_experiment_dir(cfg.experiment_dir, create=False)  # a foreign directory: refused first
     if cfg.assets:
-        from empo.assets import ensure_tiny_assets
-
         ensure_tiny_assets(cfg.resolve(cfg.assets))
     graph = build_graph(cfg)
     problems: list[Problem] = preflight(cfg, chosen.name, graph) if check else []
@@ -139,7 +137,8 @@ def dry_run(cfg: ExperimentConfig, check: bool = True) -> tuple[list[DryJob], li
     answering = slurm_answers()
     for index, plan in enumerate(arrays):
         dep = dependency(plan, by_key, job_ids, array_ids)
-        resources = job_resources(cfg, plan.kind, job_name(cfg, plan.kind, plan.variant))
+        resources = job_resources(cfg, plan.kind, job_name(cfg, plan.kind, plan.variant),
+                                  plan_signal=check)  # the --signal lead submit would use
         executor = make_executor(cfg, chosen.name, out / "jobs", resources, dependency=dep,
                                  script_only=True)
         text = chosen.script(executor, len(plan.units))

@@ -31,6 +31,13 @@ def aside_path(experiment_dir: Path) -> Path:
     return candidate
 
 
+def run_lock_path(experiment_dir: Path) -> Path:
+    """results/.<name>.run.lock: held by the `empo run` / `empo submit` driving an experiment
+    (beside the directory, which --force-new may move aside)."""
+    experiment_dir = Path(experiment_dir)
+    return experiment_dir.with_name(f".{experiment_dir.name}.run.lock")
+
+
 def write_experiment(cfg: ExperimentConfig, force_new: bool = False) -> Path | None:
     """Record the resolved config in results/<name>/experiment.yaml; with `force_new` first
     move an existing directory aside whole. Returns where the old directory went, if moved."""

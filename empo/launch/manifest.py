@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from empo.config import ExperimentConfig
-from empo.errors import LaunchError
+from empo.data.chat import eligible
+from empo.data.ed import load_dialogues
+from empo.errors import EmpoError, LaunchError
 from empo.executors import EXECUTORS
 from empo.launch.backends import backend
+from empo.launch.containers import image_path
 from empo.reader import ReadError, read_json
 from empo.store import atomic_write_json, file_lock
 
@@ -108,7 +111,6 @@ def record_jobs(cfg: ExperimentConfig, executor: str, folder: Path,
     intents of `resolved` tokens are dropped: their jobs are now recorded."""
     exp = cfg.experiment_dir
     commit, dirty = git_commit(cfg.root)
-    from empo.launch.containers import image_path
 
     with file_lock(exp / f".{MANIFEST}.lock"):
         manifest = read_manifest(exp)
@@ -198,10 +200,6 @@ def data_summary(cfg: ExperimentConfig) -> dict[str, Any]:
     """What the experiment's data is: the source, its revision and, per split it reads, the
     dialogues and the eligible ones (a failure to read is recorded as such: preflight and the
     stages report it where it matters)."""
-    from empo.data.chat import eligible
-    from empo.data.ed import load_dialogues
-    from empo.errors import EmpoError
-
     data: dict[str, Any] = {"source": cfg.data.source, "revision": cfg.data.revision, "splits": {}}
     for split in dict.fromkeys((cfg.data.train_split, cfg.data.eval_split)):
         try:

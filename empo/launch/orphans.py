@@ -22,6 +22,7 @@ from typing import Any
 
 from empo.errors import LaunchError
 from empo.launch.accounting import array_task_ids
+from empo.launch.manifest import read_manifest, settle_intents
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,6 @@ def settle_orphans(experiment_dir: Path, graph: Any, adopt: bool = True) -> list
     queued for, and that can run, becomes their job; every other live one is cancelled (all of
     them without `adopt`: `empo cancel`). Ended ones go to the manifest's history (they count
     in cost.csv). Returns the ids cancelled."""
-    from empo.launch.manifest import read_manifest, settle_intents
     from empo.launch.status import LIVE, normalize
 
     manifest = read_manifest(experiment_dir)

@@ -10,17 +10,24 @@ the config key and the fix. `--no-preflight` on run/submit skips it.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from empo.config import ExperimentConfig
+from empo.data.chat import eligible
+from empo.data.ed import load_dialogues, resolve_source
 from empo.errors import EmpoError, LaunchError
+from empo.evaluate.epitome_layout import CHECKPOINT_FILES, checkpoint_problems
+from empo.hub import (Asset, cached_dataset, cached_snapshot, experiment_assets, hf_home, hub_cache,
+                      offline)
 from empo.launch.backends import backend
-from empo.hub import Asset, cached_dataset, cached_snapshot, experiment_assets, hf_home, \
-    hub_cache, offline
+from empo.launch.containers import check_container
+from empo.launch.resources import job_resources, signal_lead
 from empo.stages import preflight_problems, stage_kind
 
 log = logging.getLogger(__name__)
@@ -90,10 +97,6 @@ def check_signal_lead(cfg: ExperimentConfig, pending: Iterable) -> list[Problem]
     """A checkpointing job's time limit must exceed the lead of its requeue signal plus the
     write of its checkpoint (`resources.signal_lead`): else SLURM signals it before it has
     trained or saved, and it requeues in a loop until it ends FAILED."""
-    import math
-
-    from empo.launch.resources import job_resources, signal_lead
-
     problems = []
     for kind in dict.fromkeys(s.kind for s in pending if stage_kind(s.kind).checkpointable):
         warn_lost_share(cfg, kind)
@@ -121,11 +124,6 @@ def warn_lost_share(cfg: ExperimentConfig, kind: str) -> float | None:
     LOST_SHARE of the stage: the steps since the last checkpoint are redone. Its steps are
     ceil(training dialogues / global_batch_size) × num_train_epochs. Returns the share (None for
     a stage without save_steps, or when the data cannot be read here)."""
-    import math
-
-    from empo.data.chat import eligible
-    from empo.data.ed import load_dialogues
-
     section = getattr(cfg, kind, None)
     if not all(hasattr(section, f) for f in ("save_steps", "global_batch_size", "num_train_epochs")):
         return None
@@ -191,8 +189,6 @@ def _asset_problems(cfg: ExperimentConfig, asset: Asset, off: bool, cache: Path)
 
 
 def _dataset_problems(cfg: ExperimentConfig, path: Path) -> list[Problem]:
-    from empo.data.ed import resolve_source
-
     problems = []
     for split_key in ("train_split", "eval_split"):
         try:
@@ -204,8 +200,6 @@ def _dataset_problems(cfg: ExperimentConfig, path: Path) -> list[Problem]:
 
 
 def _epitome_problems(asset: Asset) -> list[Problem]:
-    from empo.evaluate.epitome_layout import CHECKPOINT_FILES, checkpoint_problems
-
     files = ", ".join(CHECKPOINT_FILES.values())
     if asset.path is None:
         return [Problem(asset.key, "not set: diff-EPITOME needs the classifiers",
@@ -240,8 +234,6 @@ def task_files(roots: list[Path]) -> dict[str, list[Path]]:
 
 
 def lm_eval_roots(cfg: ExperimentConfig) -> list[Path]:
-    import importlib.util
-
     roots = [cfg.resolve(cfg.eval.mmlu.include_path)] if cfg.eval.mmlu.include_path else []
     spec = importlib.util.find_spec("lm_eval")
     if spec is not None and spec.origin:
@@ -283,8 +275,6 @@ def check_lm_eval(cfg: ExperimentConfig, off: bool) -> list[Problem]:
 # ----------------------------------------------------------------------------- image
 
 def check_image(cfg: ExperimentConfig, executor: str) -> list[Problem]:
-    from empo.launch.containers import check_container
-
     try:
         check_container(cfg, executor)
     except LaunchError as err:

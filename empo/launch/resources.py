@@ -15,7 +15,8 @@ from typing import Any
 from empo.config import ClusterConfig, ExperimentConfig
 from empo.errors import EmpoError
 from empo.hub import hub_environment
-from empo.stages import REGISTRY, job_kinds
+from empo.stages import REGISTRY, job_kinds, memory_plan
+from empo.train.memory import SUBMITIT_SIGNAL_LEAD_S, checkpoint_plan
 
 DEFAULT_MINUTES = ClusterConfig().time
 
@@ -102,9 +103,6 @@ def signal_lead(cfg: ExperimentConfig, kind: str, plan: bool = True) -> tuple[in
     (`train.memory.checkpoint_plan`: cluster.signal_lead_s, or derived from the write); else
     (CPU nodes: no plan) cluster.signal_lead_s or submitit's 90 s, and no write time. Memoised
     per config: the plan imports torch."""
-    from empo.stages import memory_plan
-    from empo.train.memory import SUBMITIT_SIGNAL_LEAD_S, checkpoint_plan
-
     cluster = cfg.cluster
     if cluster.gpus_per_node <= 0 or not plan:
         return cluster.signal_lead_s or SUBMITIT_SIGNAL_LEAD_S, 0.0

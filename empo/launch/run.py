@@ -20,21 +20,24 @@ from typing import Any
 
 from submitit.helpers import environment_variables
 
+from empo.assets import ensure_tiny_assets
 from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import (check_launch, clean_submission_env, job_environment, job_resources,
                          make_executor)
 from empo.launch.accounting import JobInfo, this_host
 from empo.launch.backends import backend, batch_backend
-from empo.launch.experiment import reruns, write_experiment
-from empo.launch.manifest import read_manifest, record_jobs, update_job
+from empo.launch.cost import experiment_cost
+from empo.launch.experiment import reruns, run_lock_path, write_experiment
 from empo.launch.jobs import Unit, plan_units
+from empo.launch.manifest import MANIFEST, read_manifest, record_jobs, update_job
+from empo.launch.preflight import check_preflight
 from empo.launch.status import (RUNNING, WAITING, StageStatus, experiment_status, job_states,
                                 normalize, render, stage_statuses, summary)
 from empo.launch.submit import entry, job_folder, job_name, submit_graph
 from empo.pipeline import Graph, build_graph, stage_call
 from empo.processes import ProcessId, owned_job
-from empo.store import claim_experiment_dir
+from empo.store import claim_experiment_dir, file_lock, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,8 @@ def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False,
     if force_new and cfg.experiment_dir.exists():
         _refuse_if_active(cfg.experiment_dir)
     if cfg.assets:
-        from empo.assets import ensure_tiny_assets
-
         ensure_tiny_assets(cfg.resolve(cfg.assets))
     if preflight:  # every input and cluster limit, all problems at once, before anything is written
-        from empo.launch.preflight import check_preflight
 
         check_preflight(cfg, executor)
     moved = write_experiment(cfg, force_new=force_new)
@@ -81,9 +81,6 @@ def prepare(cfg: ExperimentConfig, executor: str, force_new: bool = False,
 def _set_aside_unreadable_manifest(experiment_dir: Path) -> None:
     """A manifest the bounded reader refuses (not a regular file, too large or deep, invalid) is
     moved aside with the reason, and the run starts a new one."""
-    from empo.launch.manifest import MANIFEST
-    from empo.store import move_aside
-
     try:
         read_manifest(experiment_dir)
     except LaunchError as err:
@@ -106,17 +103,8 @@ def _refuse_if_active(experiment_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- local / debug
 
-def run_lock_path(experiment_dir: Path) -> Path:
-    """results/.<name>.run.lock: held by the `empo run` / `empo submit` driving an experiment
-    (beside the directory, which --force-new may move aside)."""
-    experiment_dir = Path(experiment_dir)
-    return experiment_dir.with_name(f".{experiment_dir.name}.run.lock")
-
-
 def driver_lock(cfg: ExperimentConfig) -> Any:
     """One driver per experiment at a time: a second `empo run`/`submit` gets one clear line."""
-    from empo.store import file_lock
-
     cfg.experiment_dir.parent.mkdir(parents=True, exist_ok=True)
     return file_lock(run_lock_path(cfg.experiment_dir), blocking=False,
                      what=f"experiment {cfg.experiment_dir} (empo run/submit)")
@@ -394,7 +382,6 @@ def run_experiment(cfg: ExperimentConfig, executor: str, force_new: bool = False
 
 def write_costs(graph: Graph) -> Path | None:
     """cost.csv and table.md's footer from what the jobs recorded (sacct / local timings)."""
-    from empo.launch.cost import experiment_cost
     from empo.launch.status import experiment_report
 
     statuses, details = experiment_report(graph, read_manifest(graph.experiment_dir))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 from empo.errors import LaunchError
 from empo.launch.accounting import JobInfo, exception_line, job_info
 from empo.launch.backends import by_backend
+from empo.launch.experiment import run_lock_path
 from empo.pipeline import Graph
 from empo.processes import ProcessId, ended, owned_job
 from empo.reader import inside
+from empo.store import lock_held, lock_holder
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "UNKNOWN",
@@ -227,9 +230,6 @@ def stop_driver(experiment_dir: Path, grace_s: float) -> None:
     nothing more and cancels what it started; wait for it to exit. Only a process that matches
     the lock's record (host, boot, PID, start time), holds the lock and runs empo is signalled:
     a stale lock whose PID was reused by another process is left alone."""
-    from empo.launch.run import run_lock_path
-    from empo.store import lock_held, lock_holder
-
     lock = run_lock_path(experiment_dir)
     process = lock_holder(lock)
     if process is None or process.pid == os.getpid():
@@ -336,8 +336,6 @@ def elapsed_text(status: StageStatus) -> str:
 
 def console(stderr: bool = False) -> Any:
     """A rich Console; wide when not a terminal, so lines are not cut in files."""
-    import sys
-
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout

@@ -21,9 +21,10 @@ from empo.config import ExperimentConfig
 from empo.errors import LaunchError
 from empo.launch import clean_submission_env, job_resources, make_executor
 from empo.launch.backends import Backend, batch_backend
-from empo.launch.manifest import MANIFEST, add_intent, now, record_jobs, restore_manifest
-from empo.launch.orphans import job_comment, settle_orphans
 from empo.launch.jobs import Unit, dependency, plan_arrays, plan_units
+from empo.launch.manifest import (MANIFEST, add_intent, now, read_manifest, record_jobs,
+                                  restore_manifest)
+from empo.launch.orphans import job_comment, settle_orphans
 from empo.pipeline import Graph, stage_call
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,6 @@ def live_jobs(graph: Graph, chosen: Backend) -> tuple[dict[str, str], list[str]]
     """({stage key: id of its job from an earlier submission, still pending or running, for the
     stage's current fingerprint}, [ids of live jobs queued for an earlier fingerprint]), from the
     manifest and the batch system `chosen` (squeue/sacct). Stages that are done are left out."""
-    from empo.launch.manifest import read_manifest
     from empo.launch.status import LIVE, job_states, normalize
 
     jobs = {key: entry for key, entry in chosen.list(read_manifest(graph.experiment_dir)

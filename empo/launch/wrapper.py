@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from empo.config import ExperimentConfig
+from empo.config import ExperimentConfig, load_config, read_experiment
 from empo.errors import LaunchError
 from empo.hub import hub_environment
+from empo.joblog import ONE_LOG, one_log
 from empo.launch.containers import check_container, container_command
-from empo.launch.manifest import now, record_jobs
+from empo.launch.manifest import add_intent, now, record_jobs, settle_intents
+from empo.launch.orphans import job_comment
 from empo.launch.resources import job_resources
+from empo.quoting import shell_words
 from empo.stages import REGISTRY, default_variant, evaluation_kinds, training_kinds
 from empo.store import claim_experiment_dir
-from empo.quoting import shell_words
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +190,7 @@ def thread_env(env: dict[str, str]) -> dict[str, str]:
 
 def wrapper_config(args: WrapperArgs) -> ExperimentConfig | None:
     """The experiment the wrapper runs (for aggregate RESULTS_DIR: its stored experiment.yaml)."""
-    from empo.config import load_config
-
     if args.results_dir_mode:
-        from empo.config import read_experiment
-
         return read_experiment(Path(args.config))
     return load_config(args.config, args.overrides)
 
@@ -288,7 +286,6 @@ def run_wrapper(kind: str, argv: list[str], dry_run: bool = False) -> int:
         name = register_running_job(cfg, args, env)
     print(f"empo job {env.get('SLURM_JOB_ID', 'local')} ({name}): {shell_words(launch.command)}",
           file=sys.stderr, flush=True)
-    from empo.joblog import ONE_LOG, one_log
 
     one = {ONE_LOG: "1"} if one_log() else {}  # srun gives the tasks a pipe each: tell them
     status = subprocess.run(launch.launch, env={**env, **launch.env, **one}).returncode
@@ -368,9 +365,6 @@ def queue_wrapper(cfg: ExperimentConfig, options: list[str], script: Path, wargs
     submission so `empo status` shows the job while it pends: its intent (stage key ->
     fingerprint) goes into the manifest first, its SLURM comment names it, its id follows
     (`launch/orphans.py` finds it if this process dies in between). Returns the job id."""
-    from empo.launch.manifest import add_intent, settle_intents
-    from empo.launch.orphans import job_comment
-
     name = next(o.split("=", 1)[1] for o in options if o.startswith("--job-name="))
     logs = Path(next(o.split("=", 1)[1] for o in options if o.startswith("--output="))).parent
     token = uuid.uuid4().hex[:12]

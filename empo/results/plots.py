@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from empo.config import ExperimentConfig
-from empo.config import read_experiment
-from empo.results.aggregate import Runs, collect_runs, mean_sd
-from empo.store import atomic_path, atomic_write_text
-from empo.results.sweep import SweepPoint, expand_sweep, format_value, variant_order
+from empo.config import ExperimentConfig, read_experiment
 from empo.metrics import metric, stage_metrics
+from empo.results.aggregate import Runs, collect_runs, mean_sd
+from empo.results.correlation import DIMENSIONS, example_points
+from empo.results.sweep import SweepPoint, expand_sweep, format_value, variant_order
 from empo.results.table import csv_text
 from empo.stages import variant_label
+from empo.store import atomic_path, atomic_write_text
 
 SIZE = (6.4, 4.0)    # inches at DPI: 640 × 400 px per panel
 DPI = 100
@@ -280,8 +280,6 @@ def plot_correlation(experiment_dir: Path, variants: Sequence[str], runs: Runs,
     """fbert_vs_diff_epitome.png: per ER/EX/IP panel, FBert against the squared level difference
     of every scored prediction (small points) and against each run's diff-EPITOME (large), per
     variant; correlations.csv (`empo aggregate`) holds the coefficients."""
-    from empo.results.correlation import DIMENSIONS, example_points
-
     body = []
     for variant in variants:
         for seed in sorted(runs.get(variant, {})):

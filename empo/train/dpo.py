@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from empo import models, options
-from empo.data.preference import cap_prompt, even
+from empo.data import ed
+from empo.data.emotions import load_table
+from empo.data.preference import cap_prompt, even, length_cutoff, preference_pairs
 from empo.errors import TrainError
 from empo.train import common
 
@@ -92,12 +94,9 @@ def preference_dataset(cfg: "ExperimentConfig", seed: int, tokenizer: Any = None
     unset or the section has none; then `tokenizer` is not needed)."""
     from datasets import Dataset
 
-    from empo.data.ed import load_dialogues
-    from empo.data.emotions import load_table
-    from empo.data.preference import preference_pairs
 
     section = getattr(cfg, stage)
-    loaded = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
+    loaded = ed.load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
     table = load_table(cfg.resolve(cfg.data.emotion_table))
     rows = preference_pairs(
         loaded.columns, table, epochs=section.num_train_epochs, seed=seed,
@@ -123,7 +122,6 @@ def drop_long_pairs(rows: list[dict[str, Any]], tokenizer: Any,
     special tokens)."""
     import numpy as np
 
-    from empo.data.preference import length_cutoff
 
     def count(messages: list[dict[str, str]]) -> int:
         text = tokenizer.apply_chat_template(messages, tokenize=False)

@@ -45,10 +45,14 @@ allowance for the CUDA context and allocator fragmentation before comparing it w
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
+from empo import models
 from empo.errors import TrainError
 from empo.options import padding_free
+from empo.train.common import (deepspeed_config_path, gradient_accumulation, load_deepspeed_config,
+                               zero_stage)
 
 if TYPE_CHECKING:
     from empo.config import ExperimentConfig
@@ -101,8 +105,6 @@ class Plan:
 
 
 def _architecture(cfg: "ExperimentConfig") -> tuple[str, Any]:
-    from empo import models
-
     if cfg.model.architecture:
         path = cfg.resolve(cfg.model.architecture)
         if not path.is_file():
@@ -113,8 +115,6 @@ def _architecture(cfg: "ExperimentConfig") -> tuple[str, Any]:
 
 
 def _ds_settings(cfg: "ExperimentConfig", stage: str) -> tuple[dict[str, Any] | None, int, bool, bool]:
-    from empo.train.common import load_deepspeed_config, zero_stage
-
     ds = load_deepspeed_config(cfg, stage)
     zero = (ds or {}).get("zero_optimization", {})
     offload_opt = str((zero.get("offload_optimizer") or {}).get("device", "none")) in ("cpu", "nvme")
@@ -153,8 +153,6 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
     micro-batch (2: chosen + rejected) and its frozen `reference` (adapter_copy | merged | None)."""
     import torch
 
-    from empo import models
-    from empo.train.common import gradient_accumulation
 
     if stage not in cfg.training_sections():
         raise TrainError(f"stage must be a training stage ({', '.join(cfg.training_sections())}), "
@@ -376,10 +374,6 @@ class CheckpointPlan:
 def checkpoint_plan(cfg: "ExperimentConfig", plan: Plan) -> CheckpointPlan:
     """The checkpoint of `plan`'s stage: its size (CHECKPOINT_BYTES_PER_PARAM × trainable
     parameters), its write time at cluster.checkpoint_gb_per_s and the signal lead."""
-    import math
-
-    from empo.train.common import deepspeed_config_path
-
     deepspeed = deepspeed_config_path(cfg, plan.stage) is not None
     size = plan.lora_params * CHECKPOINT_BYTES_PER_PARAM[deepspeed]
     rate = cfg.cluster.checkpoint_gb_per_s

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empo import models, options
+from empo.data import ed
+from empo.data.chat import has_target, sft_example
 from empo.errors import TrainError
 from empo.train import common
 
@@ -26,10 +28,8 @@ def sft_dataset(cfg: "ExperimentConfig") -> "Dataset":
     """The training split as conversational rows {conv_id, emotion, messages}."""
     from datasets import Dataset
 
-    from empo.data.chat import has_target, sft_example
-    from empo.data.ed import load_dialogues
 
-    loaded = load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
+    loaded = ed.load_dialogues(cfg.local_or_name(cfg.data.source), cfg.data.train_split, cfg.data.revision)
     system_prompt = cfg.system_prompt("sft")
     rows = [sft_example(d, system_prompt) for d in loaded.dialogues if has_target(d)]
     if not rows:
