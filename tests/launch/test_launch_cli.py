@@ -102,7 +102,8 @@ def test_stage_runs_one_stage_in_process_after_checking_its_inputs(config, capsy
     cfg = load_config(config)
     graph = build_graph(cfg)
     assert main(["stage", "train", str(config)]) == 2
-    assert "unknown stage 'train'; allowed: sft, dpo, epitome_train, generate" in error_of(capsys)
+    assert "unknown stage 'train'; allowed: sft, dpo, kto, orpo, epitome_train, generate" \
+        in error_of(capsys)
     assert main(["stage", "dpo", str(config), "--seed", "1"]) == 2
     assert "needs sft/sft/seed-1 first" in error_of(capsys)
     assert main(["stage", "eval", str(config), "--seed", "1"]) == 2
