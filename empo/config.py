@@ -311,6 +311,12 @@ class ClusterConfig(SlurmOptions):
       None (default): offline when `executor` is slurm (compute nodes rarely have internet).
     hf_home: the Hugging Face cache jobs read (HF_HOME; bound into the container when offline);
       None: the submitting environment's HF_HOME, else ~/.cache/huggingface.
+    checkpoint_gb_per_s: the rate (GB/s) a training checkpoint is written to the results
+      filesystem; `empo plan` turns the checkpoint's size into seconds with it. Default 0.5: one
+      stream to one Lustre OST runs at ~350-500 MB/s (Swinburne OzSTAR/gstar filesystem notes,
+      supercomputing.swin.edu.au/filesystems), and a checkpoint is a few files from one process.
+    signal_lead_s: seconds before the time limit SLURM signals a training job to requeue
+      (`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at least 90.
     """
 
     executor: str = "local"
@@ -324,13 +330,9 @@ class ClusterConfig(SlurmOptions):
         default_factory=lambda: {"sft": 60, "dpo": 60, "eval": 60, "aggregate": 10}
     )
     max_requeues: int = 3
+    checkpoint_gb_per_s: float = 0.5
+    signal_lead_s: int | None = None
     offline: bool | None = None
-    checkpoint_gb_per_s: the rate (GB/s) a training checkpoint is written to the results
-      filesystem; `empo plan` turns the checkpoint's size into seconds with it. Default 0.5: one
-      stream to one Lustre OST runs at ~350-500 MB/s (Swinburne OzSTAR/gstar filesystem notes,
-      supercomputing.swin.edu.au/filesystems), and a checkpoint is a few files from one process.
-    signal_lead_s: seconds before the time limit SLURM signals a training job to requeue
-      (`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at least 90.
     hf_home: str | None = None
     container: ContainerConfig = field(default_factory=ContainerConfig)
 
@@ -344,8 +346,6 @@ class SweepConfig:
       every key to its i-th value: `lora.r` with `lora.lora_alpha` = r/4); combined with `grid`
       as the product of zipped points and grid points. A key may not be in both.
     """
-    checkpoint_gb_per_s: float = 0.5
-    signal_lead_s: int | None = None
 
     grid: dict[str, list[Any]] = field(default_factory=dict)
     zip: dict[str, list[Any]] = field(default_factory=dict)
