@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -52,12 +52,12 @@ class ModelConfig:
     """
 
     name_or_path: str = "alignment-handbook/zephyr-7b-sft-full"
-    dtype: str = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attn_implementation: str = "sdpa"
     chat_template: str | None = None
     architecture: str | None = "empo:models/mistral-7b.json"
     add_bos: bool | str = "auto"
-    quantization: str = "none"
+    quantization: Literal["none", "nf4"] = "none"
 
 
 @dataclass
@@ -80,7 +80,7 @@ class DataConfig:
     eval_split: str = "test"
     system_prompt: str | None = None
     emotion_table: str = "empo:emotions/plutchik.tsv"
-    sampling: str = "balanced"
+    sampling: Literal["balanced", "uniform"] = "balanced"
     max_eval_examples: int | None = None
 
 
@@ -163,7 +163,7 @@ class DPOConfig(TrainConfig):
     num_train_epochs: int = 3
     beta: float = 0.025
     loss_type: str = "sigmoid"
-    reference: str = "adapter_copy"
+    reference: Literal["adapter_copy", "merged"] = "adapter_copy"
     length_percentile: float | None = None
     sft_seed: int | None = None
     betas: dict[str, float] = field(default_factory=dict)
@@ -225,7 +225,8 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 32
-    backend: str = "transformers"
+    backend: Literal["transformers", "vllm"] = field(
+        default="transformers", metadata={"note": "(the vllm extra, a CUDA GPU)"})
 
 
 @dataclass
@@ -241,7 +242,7 @@ class EpitomeConfig:
     checkpoints: str | None = None
     encoder: str = "roberta-base"
     tokenizer: str = "roberta-base"
-    padding: str = "none"
+    padding: Literal["none", "max_length"] = "none"
     batch_size: int = 32
     train_data: str | None = None
     train_seed: int = 12
@@ -465,6 +466,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         _, item = typing.get_args(hint)
         return {str(k): _convert(v, item, f"{path}.{k}") for k, v in value.items()}
+    if origin is Literal:  # the allowed values: checked by `_check_choice` with the field's note
+        return value
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -481,6 +484,17 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     if not isinstance(value, hint):
         raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _check_choice(cls: type, key: str, value: Any, path: str) -> None:
+    """ConfigError naming the allowed values of a `Literal` field (and its metadata note)."""
+    hint = _field_types(cls)[key]
+    if typing.get_origin(hint) is not Literal or value in typing.get_args(hint):
+        return
+    *head, last = [str(a) for a in typing.get_args(hint)]
+    note = next(f.metadata.get("note") for f in dataclasses.fields(cls) if f.name == key)
+    raise ConfigError(f"{path}: {value!r} must be {', '.join(head) + ' or ' if head else ''}"
+                      f"{last}{' ' + note if note else ''}")
 
 
 def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
@@ -503,6 +517,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
                               f"{_closest(str(key), _known(cls, prefix), f'{prefix}.' if prefix else '')}")
         kwargs[key] = _convert(value, fields[key], path)
         check_range(cls, key, kwargs[key], path)
+        _check_choice(cls, key, kwargs[key], path)
     if issubclass(cls, TrainConfig):
         for key in kwargs.get("trainer_args", {}):
             _trl_field(cls, prefix, key, where=f"{prefix}.trainer_args.{key}")
@@ -546,22 +561,10 @@ def _validate(cfg: ExperimentConfig) -> None:
     checks = [
         (bool(cfg.seeds), "seeds", cfg.seeds, "must list at least one seed"),
         (len(set(cfg.seeds)) == len(cfg.seeds), "seeds", cfg.seeds, "must not repeat"),
-        (cfg.data.sampling in ("balanced", "uniform"), "data.sampling", cfg.data.sampling,
-         "must be balanced or uniform"),
-        (cfg.model.dtype in ("bfloat16", "float16", "float32"), "model.dtype", cfg.model.dtype,
-         "must be bfloat16, float16 or float32"),
-        (cfg.dpo.reference in ("adapter_copy", "merged"), "dpo.reference", cfg.dpo.reference,
-         "must be adapter_copy or merged"),
         (cfg.model.add_bos in ("auto", True, False), "model.add_bos", cfg.model.add_bos,
          "must be auto, true or false"),
-        (cfg.model.quantization in ("none", "nf4"), "model.quantization", cfg.model.quantization,
-         "must be none or nf4"),
         (attention_problem(cfg.model.attn_implementation) is None, "model.attn_implementation",
          cfg.model.attn_implementation, attention_problem(cfg.model.attn_implementation)),
-        (cfg.eval.generation.backend in ("transformers", "vllm"), "eval.generation.backend",
-         cfg.eval.generation.backend, "must be transformers or vllm (the vllm extra, a CUDA GPU)"),
-        (cfg.eval.epitome.padding in ("none", "max_length"), "eval.epitome.padding",
-         cfg.eval.epitome.padding, "must be none or max_length"),
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),
          "eval.epitome.train_data", cfg.eval.epitome.train_data,
          "must name the EPITOME annotation directory when eval.epitome.checkpoints is 'train'"),
