@@ -5,7 +5,6 @@ imports its libraries, so their handlers write through the filtered streams.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -15,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from empo.reader import ReadError, read_json
 
 if TYPE_CHECKING:
     from empo.pipeline import Stage
@@ -112,8 +113,8 @@ def _git_commit(root: Path) -> str | None:
 def _manifest(experiment_dir: Path) -> dict[str, Any]:
     """manifest.json as JSON data (what the launcher recorded at submission), {} if unreadable."""
     try:
-        data = json.loads((experiment_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
+        data = read_json(experiment_dir / "manifest.json")
+    except ReadError:
         return {}
     return data if isinstance(data, dict) else {}
 

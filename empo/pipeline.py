@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from empo.errors import ConfigError, EmpoError, LaunchError
 from empo.evaluate.epitome_data import CHECKPOINTS, trained_dir
 from empo.fingerprint import fingerprint, identity_fields
 from empo.joblog import finish_streams, start_job_logging
-from empo.reader import ReadError, read_json, read_text
+from empo.reader import JSON_LIMIT, ReadError, read_bytes, read_json, read_text
 from empo.results.sweep import expand_sweep, point_name
 from empo.stages import (REGISTRY, call_stage, output_problem, stage_kind, trained_variants,
                          variant_stages)
@@ -229,10 +230,14 @@ def _marker_text(path: Path) -> str | None:
 def _runs_text(experiment_dir: Path, runs: tuple[str, ...]) -> str:
     """The aggregate's marker: the runs it summarised and a digest of each run's metrics, so a
     redone evaluation makes the table stale."""
-    digests = {}
+    digests: dict[str, str | None] = {}
     for run in runs:
         path = Path(experiment_dir) / "runs" / run / "metrics.json"
-        digests[run] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
+        try:  # the bounded reader: a FIFO or a link out of the tree there is "unreadable"
+            data = read_bytes(path, JSON_LIMIT, follow=False)
+            digests[run] = hashlib.sha256(data).hexdigest()[:16]
+        except ReadError:
+            digests[run] = "unreadable" if os.path.lexists(path) else None
     return json.dumps(digests, sort_keys=True) + "\n"
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from empo.launch.accounting import job_info
 from empo.launch.manifest import read_manifest
+from empo.reader import ReadError, read_text
 from empo.store import atomic_write_text
 
 if TYPE_CHECKING:
@@ -131,8 +132,12 @@ def write_cost(experiment_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
     path = Path(experiment_dir) / COST_FILE
     atomic_write_text(path, buffer.getvalue())
     table = Path(experiment_dir) / "table.md"
-    if table.exists():
-        lines = [line for line in table.read_text().rstrip("\n").splitlines()
+    try:  # the bounded reader: a FIFO or a link out of the tree is not EmPO's table
+        text = read_text(table, limit=16 << 20, follow=False) if table.exists() else None
+    except ReadError:
+        text = None
+    if text is not None:
+        lines = [line for line in text.rstrip("\n").splitlines()
                  if not line.startswith(FOOTER_START)]
         while lines and not lines[-1].strip():
             lines.pop()

@@ -3,7 +3,8 @@ commands read (manifest, stage.json, metrics.json, a job log, the run lock) is r
 hostile content (a FIFO, a symlink out of the tree, /dev/zero, deep JSON, huge integers, binary,
 another host's PID) and `status`, `cancel`, `logs`, `aggregate` and `run` are run under a timer:
 never a traceback, never a hang, no foreign file changed, no foreign process signalled, and the
-table unchanged where the config's runs are intact."""
+table unchanged where the config's runs are intact. (Also table.md, whose cost footer status
+rewrites.)"""
 from __future__ import annotations
 
 import json
@@ -51,6 +52,7 @@ def targets(exp: Path) -> dict[str, Path]:
             "stage.json": exp / "runs" / "sft" / "seed-1" / "stage.json",
             "metrics.json": exp / "runs" / "sft" / "seed-1" / "metrics.json",
             "job log": Path(manifest["jobs"][STAGE]["stderr"]),
+            "table.md": exp / "table.md",
             "run lock": exp.with_name(f".{exp.name}.run.lock")}
 
 
@@ -124,7 +126,7 @@ def run_command(argv: list[str], capsys, seconds: int = 60) -> tuple[int, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["manifest", "stage.json", "metrics.json", "job log",
-                                    "run lock"])
+                                    "table.md", "run lock"])
 def test_hostile_results_files_never_crash_hang_or_harm(finished, tmp_path, capsys, target):
     outside = tmp_path / "outside.txt"
     outside.write_text("a file EmPO did not write\n")
