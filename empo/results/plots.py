@@ -10,7 +10,6 @@ skipped with a note on stderr. matplotlib is used through its object API with th
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 from empo.config import ExperimentConfig, read_experiment
 from empo.metrics import metric, stage_metrics
+from empo.reader import ReadError, loads_json, read_text
 from empo.results.aggregate import Runs, collect_runs, mean_sd
 from empo.results.correlation import DIMENSIONS, example_points
 from empo.results.sweep import SweepPoint, expand_sweep, format_value, variant_order
@@ -219,16 +219,24 @@ def plot_beta(points: Sequence[SweepPoint], runs: Runs, out_dir: Path) -> list[P
     })
 
 
+TRAIN_LOG_LIMIT = 256 << 20     # a training log larger than this is not read
+
+
 def read_train_log(path: Path) -> list[dict[str, float]]:
     """Logged training steps (rows with `step` and a TRAIN_KEYS value); unreadable lines are
     skipped with a note (a run killed mid-write leaves a partial last line)."""
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:  # the bounded reader: a FIFO or a link out of the tree is no training log
+        text = read_text(path, limit=TRAIN_LOG_LIMIT, follow=False)
+    except ReadError as err:
+        _note(f"{err}; skipped")
+        return rows
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = loads_json(line, f"{path}:{number}")
+        except ReadError:
             _note(f"{path}:{number}: unreadable line skipped")
             continue
         if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
