@@ -25,8 +25,8 @@ from empo.executors import EXECUTORS, SlurmOptions
 from empo.metrics import metric_stages
 from empo.options import attention_problem
 from empo.trainer_fields import REFUSED, trl_fields
-from empo.validate import (Range, check_name, check_override_text, check_range, check_text,
-                           load_yaml, read_text)
+from empo.validate import (BATCH, SEED_LIMIT, STEPS, Range, check_name, check_override_text,
+                           check_range, check_text, load_yaml, read_text)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -81,16 +81,16 @@ class DataConfig:
     system_prompt: str | None = None
     emotion_table: str = "empo:emotions/plutchik.tsv"
     sampling: Literal["balanced", "uniform"] = "balanced"
-    max_eval_examples: int | None = None
+    max_eval_examples: int | None = field(default=None, metadata={"range": Range(1, 10**9)})
 
 
 @dataclass
 class LoraConfig:
     """peft LoraConfig fields (paper: r=1024, alpha=256 — large rank, alpha ≈ r/4)."""
 
-    r: int = 1024
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
+    r: int = field(default=1024, metadata={"range": Range(1, 65_536)})
+    lora_alpha: int = field(default=256, metadata={"range": Range(1, 1_000_000)})
+    lora_dropout: float = field(default=0.05, metadata={"range": Range(0, 0.99)})
     target_modules: list[str] = field(default_factory=lambda: list(SEVEN_PROJECTIONS))
     bias: str = "none"
     use_rslora: bool = False
@@ -114,22 +114,22 @@ class TrainConfig:
       <experiment>/<variant>/seed-<s>. Not part of any fingerprint.
     """
 
-    learning_rate: float = 1e-5
-    num_train_epochs: int = 1
-    global_batch_size: int = 64
-    per_device_train_batch_size: int = 4
+    learning_rate: float = field(default=1e-5, metadata={"range": Range(0, 1, open_lo=True)})
+    num_train_epochs: int = field(default=1, metadata={"range": Range(1, 1000)})
+    global_batch_size: int = field(default=64, metadata={"range": Range(1, 1_000_000)})
+    per_device_train_batch_size: int = field(default=4, metadata={"range": BATCH})
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = field(default=0.0, metadata={"range": Range(0, 1)})
     optim: str = "adamw_torch"
-    weight_decay: float = 0.0
-    max_length: int = 1024
+    weight_decay: float = field(default=0.0, metadata={"range": Range(0, 100)})
+    max_length: int = field(default=1024, metadata={"range": Range(8, 1 << 20)})
     bf16: bool = True
     gradient_checkpointing: bool = True
-    logging_steps: int = 10
-    save_steps: int = 100
-    save_total_limit: int = 2
+    logging_steps: int = field(default=10, metadata={"range": STEPS})
+    save_steps: int = field(default=100, metadata={"range": STEPS})
+    save_total_limit: int = field(default=2, metadata={"range": Range(1, 10_000)})
     deepspeed: str = "zero2"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = field(default=1.0, metadata={"range": Range(0, 1e6, open_lo=True)})
     system_prompt: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
     report_to: list[str] = field(default_factory=list)
@@ -161,11 +161,12 @@ class DPOConfig(TrainConfig):
 
     trl_config: ClassVar[str] = "trainer/dpo_config.py:DPOConfig"
     num_train_epochs: int = 3
-    beta: float = 0.025
+    beta: float = field(default=0.025, metadata={"range": Range(0, 100, open_lo=True)})
     loss_type: str = "sigmoid"
     reference: Literal["adapter_copy", "merged"] = "adapter_copy"
-    length_percentile: float | None = None
-    sft_seed: int | None = None
+    length_percentile: float | None = field(default=None,
+                                            metadata={"range": Range(0, 100, open_lo=True)})
+    sft_seed: int | None = field(default=None, metadata={"range": Range(0, SEED_LIMIT - 1)})
     betas: dict[str, float] = field(default_factory=dict)
 
     def beta_of(self, seed: int) -> float:
@@ -220,11 +221,11 @@ class GenerationConfig:
       through vLLM's LoRA, merged into the base first when lora r is above vLLM's max LoRA rank).
     """
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = field(default=128, metadata={"range": Range(1, 1 << 20)})
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 32
+    temperature: float = field(default=1.0, metadata={"range": Range(0, 100, open_lo=True)})
+    top_p: float = field(default=1.0, metadata={"range": Range(0, 1, open_lo=True)})
+    batch_size: int = field(default=32, metadata={"range": BATCH})
     backend: Literal["transformers", "vllm"] = field(
         default="transformers", metadata={"note": "(the vllm extra, a CUDA GPU)"})
 
@@ -243,9 +244,9 @@ class EpitomeConfig:
     encoder: str = "roberta-base"
     tokenizer: str = "roberta-base"
     padding: Literal["none", "max_length"] = "none"
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata={"range": BATCH})
     train_data: str | None = None
-    train_seed: int = 12
+    train_seed: int = field(default=12, metadata={"range": Range(0, SEED_LIMIT - 1)})
 
 
 @dataclass
@@ -253,8 +254,8 @@ class BertScoreConfig:
     """BERTScore F1 of prediction vs reference (default roberta-large, bert-score's layer)."""
 
     model: str = "roberta-large"
-    num_layers: int | None = None
-    batch_size: int = 64
+    num_layers: int | None = field(default=None, metadata={"range": Range(1, 1000)})
+    batch_size: int = field(default=64, metadata={"range": BATCH})
     rescale_with_baseline: bool = False
 
 
@@ -263,10 +264,10 @@ class MMLUConfig:
     """MMLU through lm-evaluation-harness (paper: 5-shot)."""
 
     tasks: list[str] = field(default_factory=lambda: ["mmlu"])
-    num_fewshot: int = 5
+    num_fewshot: int = field(default=5, metadata={"range": Range(0, 100)})
     include_path: str | None = None
-    batch_size: int = 8
-    limit: int | None = None
+    batch_size: int = field(default=8, metadata={"range": BATCH})
+    limit: int | None = field(default=None, metadata={"range": Range(1, 10**9)})
 
 
 @dataclass
@@ -322,17 +323,19 @@ class ClusterConfig(SlurmOptions):
 
     executor: str = "local"
     profile: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 2
-    mem_gb: int = 8
-    gpu_memory_gb: float = 80.0
+    nodes: int = field(default=1, metadata={"range": Range(1, 10_000)})
+    gpus_per_node: int = field(default=0, metadata={"range": Range(0, 64)})
+    cpus_per_task: int = field(default=2, metadata={"range": Range(1, 1024)})
+    mem_gb: int = field(default=8, metadata={"range": Range(0, 1 << 20)})
+    gpu_memory_gb: float = field(default=80.0,  # 0: no GPU (configs/cluster/local.yaml)
+                                 metadata={"range": Range(0, 100_000)})
     time: dict[str, int] = field(
-        default_factory=lambda: {"sft": 60, "dpo": 60, "eval": 60, "aggregate": 10}
-    )
-    max_requeues: int = 3
-    checkpoint_gb_per_s: float = 0.5
-    signal_lead_s: int | None = None
+        default_factory=lambda: {"sft": 60, "dpo": 60, "eval": 60, "aggregate": 10},
+        metadata={"range": Range(1, 366 * 24 * 60)})
+    max_requeues: int = field(default=3, metadata={"range": Range(0, 1000)})
+    checkpoint_gb_per_s: float = field(default=0.5,
+                                       metadata={"range": Range(0, 1000, open_lo=True)})
+    signal_lead_s: int | None = field(default=None, metadata={"range": Range(1, 24 * 3600)})
     offline: bool | None = None
     hf_home: str | None = None
     container: ContainerConfig = field(default_factory=ContainerConfig)
@@ -358,7 +361,8 @@ class ExperimentConfig:
     """One experiment: the paper's Table 1 by default (4 seeds)."""
 
     name: str = "table1"
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4],
+                             metadata={"range": Range(0, SEED_LIMIT - 1)})
     results_dir: str = "results"
     assets: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -555,7 +559,8 @@ def _trl_field(cls: type, stage: str, key: str, where: str = "") -> bool:
 
 
 def _validate(cfg: ExperimentConfig) -> None:
-    """Value checks that types alone cannot express (numeric ranges: `validate.RANGES`)."""
+    """Value checks across fields or that types alone cannot express (a field's range and
+    allowed values stand beside it: `metadata["range"]`, `Literal`)."""
     check_name(cfg.name, "name")
     cfg.cluster.check_slurm_options()
     checks = [

@@ -58,7 +58,7 @@ def draw_candidates(n: int, m: int, bits: Any, sampling: str) -> Any:
     return np.argsort(keys, axis=1).reshape(-1)[:n]  # 53-bit keys: ties practically never
 
 
-MAX_EPOCHS = 1000  # as the config's num_train_epochs (empo.validate.RANGES)
+MAX_EPOCHS = 1000  # as the config's num_train_epochs (its range in config.TrainConfig)
 
 
 def check_arguments(epochs: int, sampling: str, seed: int = 0) -> None:
