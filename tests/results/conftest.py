@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from empo.config import ExperimentConfig, from_dict
+from empo.store import claim_experiment_dir
 
 METRIC_KEYS = ("mmlu", "diff_er", "diff_ex", "diff_ip", "fbert")
 
@@ -42,8 +43,9 @@ def _write_run(experiment_dir: Path, variant: str, seed: int, metrics: Any = Non
 
 def _write_store(experiment_dir: Path, runs: dict[str, dict[int, Any]],
                 cfg: ExperimentConfig | None = None) -> Path:
-    """A run store with the given runs (and experiment.yaml when a config is given)."""
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+    """A run store EmPO made (its ownership marker written) with the given runs (and
+    experiment.yaml when a config is given)."""
+    claim_experiment_dir(experiment_dir)
     for variant, seeds in runs.items():
         for seed, metrics in seeds.items():
             _write_run(experiment_dir, variant, seed, metrics)
