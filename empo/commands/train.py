@@ -80,11 +80,12 @@ def _train(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from empo.estimate import estimate, estimate_text
 
-    if offline_unless_reachable():  # once, before any Hub client: no retries on every file
-        print("empo plan: the Hub is not reachable from here: reading models and data from the "
-              "cache only", file=sys.stderr)
     cfg = load_experiment(args)
+    offline = offline_unless_reachable()  # once, before any Hub client: no retries on every file
     plan = memory_plan(cfg, args.stage, args.gpus, args.nodes)
+    if offline:  # said after the plan, so a bad input stays one line
+        print("empo plan: the Hub is not reachable from here: models and data were read from the "
+              "cache only", file=sys.stderr)
     print(format_plan(plan, cfg.name))
     print(checkpoint_plan(cfg, plan).text())
     if args.stage == "dpo":
