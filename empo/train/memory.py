@@ -73,6 +73,7 @@ class Plan:
     lora_params: int
     lora_r: int
     target_modules: list[str]
+    modules_to_save: list[str]          # trained as full copies (counted in lora_params)
     zero_stage: int
     offload_optimizer: bool
     offload_params: bool
@@ -266,7 +267,8 @@ def plan_memory(cfg: "ExperimentConfig", stage: str = "sft", gpus_per_node: int 
     return Plan(
         stage=stage, architecture=arch_path, model_type=getattr(config, "model_type", "?"),
         base_params=base_params, lora_params=lora_params, lora_r=cfg.lora.r,
-        target_modules=list(cfg.lora.target_modules), zero_stage=zstage if ds else 0,
+        target_modules=list(cfg.lora.target_modules),
+        modules_to_save=list(cfg.lora.modules_to_save), zero_stage=zstage if ds else 0,
         offload_optimizer=offload_opt, offload_params=offload_par, gpus_per_node=gpn,
         nodes=n_nodes, dtype=cfg.model.dtype, per_device_batch=section.per_device_train_batch_size,
         sequences_per_micro_batch=sequences, max_length=section.max_length,
@@ -293,7 +295,8 @@ def format_plan(plan: Plan, name: str = "") -> str:
         f"  architecture       {plan.architecture} ({plan.model_type})",
         f"  base parameters    {plan.base_params:,}",
         f"  LoRA parameters    {plan.lora_params:,} trainable (r={plan.lora_r}; "
-        f"{', '.join(plan.target_modules)})",
+        f"{', '.join(plan.target_modules)}"
+        f"{'; full copies of ' + ', '.join(plan.modules_to_save) if plan.modules_to_save else ''})",
         f"  micro-batch        {plan.per_device_batch} per GPU"
         f"{' (×2 sequences: chosen + rejected)' if pairs else ''} × {plan.max_length} "
         f"tokens, gradient accumulation {accumulation}, gradient checkpointing "

@@ -22,12 +22,12 @@ def plan(*overrides: str, stage: str = "sft"):
 def test_eager_attention_adds_the_score_matrices():
     sdpa, eager = plan(), plan("model.attn_implementation=eager")
     assert "attention scores (eager)" not in sdpa.memory
-    b, heads, s = 4, 32, 1024  # gradient checkpointing: one layer's b·heads·s² (fp32 + bf16)
-    assert eager.memory["attention scores (eager)"] == b * heads * s * s * (4 + 2)
+    b, heads, s = 4, 32, 256  # table1's sft.max_length; gradient checkpointing: one layer's
+    assert eager.memory["attention scores (eager)"] == b * heads * s * s * (4 + 2)  # fp32 + bf16
     no_gc = plan("model.attn_implementation=eager", "sft.gradient_checkpointing=false")
     assert no_gc.memory["attention scores (eager)"] == 32 * b * heads * s * s * 6
     dpo = plan("model.attn_implementation=eager", stage="dpo")
-    sequences = 2 * dpo.per_device_batch  # chosen + rejected
+    sequences, s = 2 * dpo.per_device_batch, 1024  # chosen + rejected; table1's dpo.max_length
     assert dpo.memory["attention scores (eager)"] == sequences * heads * s * s * 6
     assert "attention          eager" in format_plan(eager)
 
@@ -35,7 +35,7 @@ def test_eager_attention_adds_the_score_matrices():
 def test_liger_removes_one_intermediate_activation_per_token_and_layer():
     base = plan("sft.gradient_checkpointing=false")
     liger = plan("sft.gradient_checkpointing=false", "sft.trainer_args={use_liger_kernel: true}")
-    tokens, layers, i = 4 * 1024, 32, 14336
+    tokens, layers, i = 4 * 256, 32, 14336  # 4 sequences of table1's sft.max_length
     assert base.memory["activations"] - liger.memory["activations"] == tokens * layers * i * 2
     assert "Liger" in format_plan(liger)
 
