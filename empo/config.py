@@ -167,7 +167,8 @@ class DPOConfig(TrainConfig):
     length_percentile: float | None = field(default=None,
                                             metadata={"range": Range(0, 100, open_lo=True)})
     sft_seed: int | None = field(default=None, metadata={"range": Range(0, SEED_LIMIT - 1)})
-    betas: dict[str, float] = field(default_factory=dict)
+    betas: dict[str, float] = field(default_factory=dict,  # seed -> beta, each as `beta`
+                                    metadata={"range": Range(0, 100, open_lo=True)})
 
     def beta_of(self, seed: int) -> float:
         """The beta of DPO seed `seed`: `betas[seed]`, else `beta`."""

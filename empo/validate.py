@@ -201,15 +201,16 @@ def check_range(cls: type, name: str, value: Any, path: str) -> None:
     """ConfigError naming `path` and the allowed range when a number (or each number of a list
     or mapping field) falls outside it; NaN and infinities are never allowed."""
     rule = range_of(cls, name)
-    items = (value if isinstance(value, list) else list(value.values())
-             if isinstance(value, dict) else [value])
-    for item in items:
+    items = ([(path, item) for item in value] if isinstance(value, list)
+             else [(f"{path}.{key}", item) for key, item in value.items()]
+             if isinstance(value, dict) else [(path, value)])
+    for where, item in items:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             continue
         if isinstance(item, float) and not math.isfinite(item):
-            raise ConfigError(f"{path}: {item!r} is not a finite number")
+            raise ConfigError(f"{where}: {item!r} is not a finite number")
         if rule is not None and item not in rule:
-            raise ConfigError(f"{path}: {item!r} is out of range; allowed: {rule}")
+            raise ConfigError(f"{where}: {item!r} is out of range; allowed: {rule}")
 
 
 def _int_at_least(text: str, low: int, high: int | None = None, what: str = "an integer") -> int:

@@ -243,7 +243,7 @@ CASES = [
     Case("top-p-zero", ["config", "validate", *smoke("eval.generation.top_p=0")],
          "eval.generation.top_p: 0.0 is out of range; allowed: 0 < value <= 1"),
     Case("time-zero", ["config", "validate", *smoke("cluster.time={sft: 0}")],
-         "cluster.time: 0 is out of range"),
+         "cluster.time.sft: 0 is out of range"),
     Case("parallel-negative", ["run", *smoke(), "--parallel", "-1"], "--parallel: -1 is out of range"),
     Case("preference-epochs-huge", ["data", "preference", "--source", "{ws}/ed", "--out",
                                     "{ws}/p.jsonl", "--epochs", "100000000"],
