@@ -51,12 +51,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def _xdist_order(item: pytest.Item) -> int:
-    """Under xdist: the readers of the session's smoke run first (the longest chain, started
-    while the serial tests/cluster/ unit runs on the other worker), container tests last (the
-    images .ci/run builds in the background get the most time)."""
+    """Under xdist, long first so no long test is left for the end: the readers of the session's
+    smoke run (the longest chain, started while the serial tests/cluster/ unit runs on the other
+    worker), then the other slow tests; container tests last (the images .ci/run builds in the
+    background get the most time)."""
     if "smoke_run" in getattr(item, "fixturenames", ()):
         return 0
-    return 2 if item.get_closest_marker("container") else 1
+    if item.get_closest_marker("container"):
+        return 3
+    return 1 if item.get_closest_marker("slow") else 2
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
