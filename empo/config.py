@@ -26,7 +26,7 @@ from empo.metrics import metric_stages
 from empo.options import attention_problem
 from empo.trainer_fields import REFUSED, trl_fields
 from empo.validate import (BATCH, SEED_LIMIT, STEPS, Range, check_name, check_override_text,
-                           check_range, check_text, load_yaml, read_text)
+                           check_range, check_text, field_metadata, load_yaml, read_text)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -34,105 +34,133 @@ HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
 
 @dataclass
 class ModelConfig:
-    """The base model.
+    """The base model."""
 
-    name_or_path: Hub id or local directory of the base causal LM (paper: zephyr-7b-sft-full).
-    dtype: bfloat16 | float16 | float32 — weights and training precision (paper: bf16).
-    attn_implementation: transformers attention: sdpa | eager | flash_attention_2 |
-      flash_attention_3 | flex_attention | a Hub kernel repo (org/repo[@rev][:function], the
-      kernels package); flash needs a CUDA GPU and flash-attn or kernels (refused otherwise).
-    chat_template: None = the tokenizer's own template; else a .jinja path to use instead.
-    architecture: a transformers config JSON used by `empo plan` without loading weights
-      (default: Mistral-7B's, shipped in the package).
-    add_bos: auto | true | false — BOS before every training and generation sequence, put there by
-      the chat template so training and generation agree; auto = what the tokenizer's own
-      add_special_tokens does (`<s>` for Zephyr/Mistral). Exactly one, never two (paper: silent).
-    quantization: none | nf4 — the frozen base loaded in 4-bit NF4 with bitsandbytes, QLoRA
-      (paper: silent, bf16 training; the authors' code: nf4).
-    """
+    name_or_path: str = field(default="alignment-handbook/zephyr-7b-sft-full", metadata={
+        "help": "Hub id or local directory of the base causal LM (paper: zephyr-7b-sft-full)."})
+    dtype: Literal["bfloat16", "float16", "float32"] = field(default="bfloat16", metadata={
+        "help": "weights and training precision (paper: bf16)."})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "transformers attention (sdpa, eager, flash_attention_2, ...) or a Hub kernel "
+                "repo (org/repo[@rev][:function], the kernels package); flash needs a CUDA GPU "
+                "and flash-attn or kernels (refused otherwise).",
+        "allowed": attention_problem})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "None = the tokenizer's own template; else a .jinja path to use instead."})
+    architecture: str | None = field(default="empo:models/mistral-7b.json", metadata={
+        "help": "a transformers config JSON used by `empo plan` without loading weights "
+                "(default: Mistral-7B's, shipped in the package)."})
+    add_bos: bool | str = field(default="auto", metadata={
+        "help": "BOS before every training and generation sequence, put there by the chat "
+                "template so training and generation agree; auto = what the tokenizer's own "
+                "add_special_tokens does (`<s>` for Zephyr/Mistral). Exactly one, never two "
+                "(paper: silent).",
+        "allowed": lambda value: (None if value in ("auto", True, False)
+                                  else "must be auto, true or false")})
+    quantization: Literal["none", "nf4"] = field(default="none", metadata={
+        "help": "nf4 = the frozen base loaded in 4-bit NF4 with bitsandbytes, QLoRA (paper: "
+                "silent, bf16 training; the authors' code: nf4)."})
 
-    name_or_path: str = "alignment-handbook/zephyr-7b-sft-full"
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    attn_implementation: str = "sdpa"
-    chat_template: str | None = None
-    architecture: str | None = "empo:models/mistral-7b.json"
-    add_bos: bool | str = "auto"
-    quantization: Literal["none", "nf4"] = "none"
 
 
 @dataclass
 class DataConfig:
-    """EmpatheticDialogues and the theory-driven preference pairs.
+    """EmpatheticDialogues and the theory-driven preference pairs."""
 
-    source: raw ED CSV directory (train/valid/test.csv) or a Hub dataset id in message form.
-    revision: Hub revision (commit, tag or branch) of a Hub source; None = the default branch.
-    train_split / eval_split: splits used for training and for generation + metrics.
-    system_prompt: system message of every stage that does not set its own `system_prompt`
-      (sft, dpo, eval); None or "" = none (paper: silent; the authors' code: see the preset).
-    emotion_table: TSV of emotion -> opposite (default: paper Table 2, shipped in the package).
-    sampling: balanced (without replacement, cycling the opposite group) | uniform.
-    max_eval_examples: evaluate on the first N eval dialogues only (None = all).
-    """
+    source: str = field(default="Estwld/empathetic_dialogues_llm", metadata={
+        "help": "raw ED CSV directory (train/valid/test.csv) or a Hub dataset id in message form."})
+    revision: str | None = field(default=None, metadata={
+        "help": "Hub revision (commit, tag or branch) of a Hub source; None = the default branch."})
+    train_split: str = field(default="train", metadata={"help": "split used for training."})
+    eval_split: str = field(default="test", metadata={
+        "help": "split used for generation + metrics."})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system message of every stage that does not set its own `system_prompt` (sft, "
+                "dpo, eval); None or \"\" = none (paper: silent; the authors' code: see the "
+                "preset)."})
+    emotion_table: str = field(default="empo:emotions/plutchik.tsv", metadata={
+        "help": "TSV of emotion -> opposite (default: paper Table 2, shipped in the package)."})
+    sampling: Literal["balanced", "uniform"] = field(default="balanced", metadata={
+        "help": "draw of the rejected responses: balanced = without replacement, cycling the "
+                "opposite group; uniform = with replacement."})
+    max_eval_examples: int | None = field(default=None, metadata={
+        "help": "evaluate on the first N eval dialogues only (None = all).",
+        "range": Range(1, 10**9)})
 
-    source: str = "Estwld/empathetic_dialogues_llm"
-    revision: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    system_prompt: str | None = None
-    emotion_table: str = "empo:emotions/plutchik.tsv"
-    sampling: Literal["balanced", "uniform"] = "balanced"
-    max_eval_examples: int | None = field(default=None, metadata={"range": Range(1, 10**9)})
 
 
 @dataclass
 class LoraConfig:
     """peft LoraConfig fields (paper: r=1024, alpha=256 — large rank, alpha ≈ r/4)."""
 
-    r: int = field(default=1024, metadata={"range": Range(1, 65_536)})
-    lora_alpha: int = field(default=256, metadata={"range": Range(1, 1_000_000)})
-    lora_dropout: float = field(default=0.05, metadata={"range": Range(0, 0.99)})
-    target_modules: list[str] = field(default_factory=lambda: list(SEVEN_PROJECTIONS))
-    bias: str = "none"
-    use_rslora: bool = False
-    # modules trained in full and saved with the adapter (e.g. [embed_tokens, lm_head])
-    modules_to_save: list[str] = field(default_factory=list)
+    r: int = field(default=1024, metadata={"help": "LoRA rank (paper: 1024).",
+                                           "range": Range(1, 65_536)})
+    lora_alpha: int = field(default=256, metadata={"help": "LoRA scaling alpha (paper: 256).",
+                                                   "range": Range(1, 1_000_000)})
+    lora_dropout: float = field(default=0.05, metadata={
+        "help": "dropout on the input of the LoRA layers.", "range": Range(0, 0.99)})
+    target_modules: list[str] = field(default_factory=lambda: list(SEVEN_PROJECTIONS), metadata={
+        "help": "modules that get a LoRA adapter (default: the seven attention and MLP "
+                "projections)."})
+    bias: str = field(default="none", metadata={"help": "peft's bias: none, all or lora_only."})
+    use_rslora: bool = field(default=False, metadata={
+        "help": "rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r."})
+    modules_to_save: list[str] = field(default_factory=list, metadata={
+        "help": "modules trained in full and saved with the adapter (e.g. [embed_tokens, "
+                "lm_head])."})
+
 
 
 @dataclass
 class TrainConfig:
-    """Fields shared by the SFT and DPO stages, passed to trl's SFTConfig / DPOConfig.
+    """Fields shared by the SFT and DPO stages, passed to trl's SFTConfig / DPOConfig."""
 
-    global_batch_size: effective batch; accumulation = global / (per_device × world size) (paper: 64).
-    deepspeed: none | zero2 | zero2_offload | zero3 (empo:deepspeed/<name>.json) | a JSON path.
-    save_steps: checkpoint every N optimizer steps; a rerun resumes from the last checkpoint.
-    max_grad_norm: gradient clipping norm (paper: silent; transformers' default 1.0).
-    system_prompt: system message of this stage's prompts; None = `data.system_prompt`, "" = none.
-    trainer_args: any other trl config field, passed verbatim and checked against trl at stage start.
-    report_to: trl/transformers tracking integrations (tensorboard, wandb, mlflow, ...); [] = none.
-      TensorBoard writes to <run dir>/tensorboard/<stage> (evaluation metrics to .../eval); W&B
-      on nodes without internet: WANDB_MODE=offline, then `wandb sync`. Run name:
-      <experiment>/<variant>/seed-<s>. Not part of any fingerprint.
-    """
+    learning_rate: float = field(default=1e-5, metadata={
+        "help": "peak learning rate (paper: 1e-5).", "range": Range(0, 1, open_lo=True)})
+    num_train_epochs: int = field(default=1, metadata={
+        "help": "passes over the training data (paper: SFT 1, DPO 3).", "range": Range(1, 1000)})
+    global_batch_size: int = field(default=64, metadata={
+        "help": "effective batch; accumulation = global / (per_device × world size) (paper: 64).",
+        "range": Range(1, 1_000_000)})
+    per_device_train_batch_size: int = field(default=4, metadata={
+        "help": "sequences per GPU in one forward/backward pass.", "range": BATCH})
+    lr_scheduler_type: str = field(default="cosine", metadata={
+        "help": "transformers learning-rate schedule (cosine, linear, constant, ...)."})
+    warmup_ratio: float = field(default=0.0, metadata={
+        "help": "fraction of the optimizer steps spent in linear warm-up.", "range": Range(0, 1)})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name."})
+    weight_decay: float = field(default=0.0, metadata={
+        "help": "optimizer weight decay.", "range": Range(0, 100)})
+    max_length: int = field(default=1024, metadata={
+        "help": "longest tokenized training sequence (trl's max_length).",
+        "range": Range(8, 1 << 20)})
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 mixed-precision training."})
+    gradient_checkpointing: bool = field(default=True, metadata={
+        "help": "recompute activations in the backward pass to save memory."})
+    logging_steps: int = field(default=10, metadata={
+        "help": "log the training loss every N optimizer steps.", "range": STEPS})
+    save_steps: int = field(default=100, metadata={
+        "help": "checkpoint every N optimizer steps; a rerun resumes from the last checkpoint.",
+        "range": STEPS})
+    save_total_limit: int = field(default=2, metadata={
+        "help": "checkpoints kept; older ones are deleted.", "range": Range(1, 10_000)})
+    deepspeed: str = field(default="zero2", metadata={
+        "help": "none | zero2 | zero2_offload | zero3 (empo:deepspeed/<name>.json) | a JSON path."})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "help": "gradient clipping norm (paper: silent; transformers' default 1.0).",
+        "range": Range(0, 1e6, open_lo=True)})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system message of this stage's prompts; None = `data.system_prompt`, \"\" = "
+                "none."})
+    trainer_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "any other trl config field, passed verbatim and checked against trl at stage "
+                "start."})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "trl/transformers tracking integrations (tensorboard, wandb, mlflow, ...); [] = "
+                "none. TensorBoard writes to <run dir>/tensorboard/<stage> (evaluation metrics "
+                "to .../eval); W&B on nodes without internet: WANDB_MODE=offline, then `wandb "
+                "sync`. Run name: <experiment>/<variant>/seed-<s>. Not part of any fingerprint."})
 
-    learning_rate: float = field(default=1e-5, metadata={"range": Range(0, 1, open_lo=True)})
-    num_train_epochs: int = field(default=1, metadata={"range": Range(1, 1000)})
-    global_batch_size: int = field(default=64, metadata={"range": Range(1, 1_000_000)})
-    per_device_train_batch_size: int = field(default=4, metadata={"range": BATCH})
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = field(default=0.0, metadata={"range": Range(0, 1)})
-    optim: str = "adamw_torch"
-    weight_decay: float = field(default=0.0, metadata={"range": Range(0, 100)})
-    max_length: int = field(default=1024, metadata={"range": Range(8, 1 << 20)})
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    logging_steps: int = field(default=10, metadata={"range": STEPS})
-    save_steps: int = field(default=100, metadata={"range": STEPS})
-    save_total_limit: int = field(default=2, metadata={"range": Range(1, 10_000)})
-    deepspeed: str = "zero2"
-    max_grad_norm: float = field(default=1.0, metadata={"range": Range(0, 1e6, open_lo=True)})
-    system_prompt: str | None = None
-    trainer_args: dict[str, Any] = field(default_factory=dict)
-    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -144,31 +172,35 @@ class SFTConfig(TrainConfig):
 
 @dataclass
 class DPOConfig(TrainConfig):
-    """DPO on the theory-driven preference pairs, one fresh rejected draw per epoch.
-
-    beta: DPO temperature (paper: 0.025; beta ≫ 0.05 over-fits).
-    loss_type: trl loss (sigmoid = DPO; also ipo, hinge, robust, ...).
-    reference: adapter_copy (trl's frozen copy of the SFT adapter) | merged (SFT merged into base).
-    length_percentile: drop pairs whose prompt + chosen is longer (in tokens) than this percentile
-      of the longer of the prompt + chosen and prompt + rejected percentiles, use that length as
-      max_length, and cut prompts to this percentile of the prompt lengths where prompt + longer
-      answer exceeds it (trl 0.8's max_prompt_length, keep_end) (None = keep all; paper: silent;
-      the authors' code: 95).
-    sft_seed: None = independent chains, DPO seed s continues the SFT adapter of seed s; a seed =
-      every DPO run continues that one SFT seed's adapter (the authors' code at 508bd49).
-    betas: seed -> beta of that seed's DPO run (seeds not listed: `beta`), e.g. {3: 0.0249}.
-    """
+    """DPO on the theory-driven preference pairs, one fresh rejected draw per epoch."""
 
     trl_config: ClassVar[str] = "trainer/dpo_config.py:DPOConfig"
     num_train_epochs: int = 3
-    beta: float = field(default=0.025, metadata={"range": Range(0, 100, open_lo=True)})
-    loss_type: str = "sigmoid"
-    reference: Literal["adapter_copy", "merged"] = "adapter_copy"
-    length_percentile: float | None = field(default=None,
-                                            metadata={"range": Range(0, 100, open_lo=True)})
-    sft_seed: int | None = field(default=None, metadata={"range": Range(0, SEED_LIMIT - 1)})
-    betas: dict[str, float] = field(default_factory=dict,  # seed -> beta, each as `beta`
-                                    metadata={"range": Range(0, 100, open_lo=True)})
+    beta: float = field(default=0.025, metadata={
+        "help": "DPO temperature (paper: 0.025; beta ≫ 0.05 over-fits).",
+        "range": Range(0, 100, open_lo=True)})
+    loss_type: str = field(default="sigmoid", metadata={
+        "help": "trl loss (sigmoid = DPO; also ipo, hinge, robust, ...)."})
+    reference: Literal["adapter_copy", "merged"] = field(default="adapter_copy", metadata={
+        "help": "adapter_copy = trl's frozen copy of the SFT adapter; merged = SFT merged into "
+                "the base."})
+    length_percentile: float | None = field(default=None, metadata={
+        "help": "drop pairs whose prompt + chosen is longer (in tokens) than this percentile of "
+                "the longer of the prompt + chosen and prompt + rejected percentiles, use that "
+                "length as max_length, and cut prompts to this percentile of the prompt lengths "
+                "where prompt + longer answer exceeds it (trl 0.8's max_prompt_length, keep_end) "
+                "(None = keep all; paper: silent; the authors' code: 95).",
+        "range": Range(0, 100, open_lo=True)})
+    sft_seed: int | None = field(default=None, metadata={
+        "help": "None = independent chains, DPO seed s continues the SFT adapter of seed s; a "
+                "seed = every DPO run continues that one SFT seed's adapter (the authors' code "
+                "at 508bd49).",
+        "range": Range(0, SEED_LIMIT - 1)})
+    betas: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "seed -> beta of that seed's DPO run (seeds not listed: `beta`), e.g. "
+                "{3: 0.0249}; each in `beta`'s range.",
+        "range": Range(0, 100, open_lo=True)})
+
 
     def beta_of(self, seed: int) -> float:
         """The beta of DPO seed `seed`: `betas[seed]`, else `beta`."""
@@ -190,103 +222,130 @@ class DPOConfig(TrainConfig):
 class KTOConfig(TrainConfig):
     """KTO (trl's KTOTrainer) from the SFT adapter of the same seed, on the same pairs as DPO
     unpaired: chosen desirable, rejected undesirable; one fresh rejected draw per epoch. Other trl
-    KTOConfig fields (desirable_weight, undesirable_weight, loss_type) pass through.
-
-    beta: KTO temperature (trl's default 0.1; the paper has no KTO run).
-    """
+    KTOConfig fields (desirable_weight, undesirable_weight, loss_type) pass through."""
 
     trl_config: ClassVar[str] = "trainer/kto_config.py:KTOConfig"
     num_train_epochs: int = 3
-    beta: float = field(default=0.1, metadata={"range": Range(0, 100, open_lo=True)})
+    beta: float = field(default=0.1, metadata={
+        "help": "KTO temperature (trl's default 0.1; the paper has no KTO run).",
+        "range": Range(0, 100, open_lo=True)})
+
 
 
 @dataclass
 class ORPOConfig(TrainConfig):
     """ORPO (trl's ORPOTrainer, trl.experimental in trl >= 1.0): a new LoRA on the base model, no
     SFT stage before it and no reference model, on the same pairs as DPO, one fresh rejected
-    draw per epoch. Other trl ORPOConfig fields pass through.
-
-    beta: weight of the odds-ratio term, the ORPO paper's λ (trl's default 0.1).
-    """
+    draw per epoch. Other trl ORPOConfig fields pass through."""
 
     trl_config: ClassVar[str] = "experimental/orpo/orpo_config.py:ORPOConfig"
     num_train_epochs: int = 3
-    beta: float = field(default=0.1, metadata={"range": Range(0, 100, open_lo=True)})
+    beta: float = field(default=0.1, metadata={
+        "help": "weight of the odds-ratio term, the ORPO paper's λ (trl's default 0.1).",
+        "range": Range(0, 100, open_lo=True)})
+
 
 
 @dataclass
 class GenerationConfig:
-    """Response generation for the eval split (greedy by default).
+    """Response generation for the eval split (greedy by default)."""
 
-    backend: transformers | vllm (the `vllm` extra and a CUDA GPU; same prompt token ids, adapter
-      through vLLM's LoRA, merged into the base first when lora r is above vLLM's max LoRA rank).
-    """
+    max_new_tokens: int = field(default=128, metadata={
+        "help": "longest generated response, in tokens.", "range": Range(1, 1 << 20)})
+    do_sample: bool = field(default=False, metadata={
+        "help": "sample (temperature, top_p) instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (with do_sample).", "range": Range(0, 100, open_lo=True)})
+    top_p: float = field(default=1.0, metadata={
+        "help": "nucleus sampling probability mass (with do_sample).",
+        "range": Range(0, 1, open_lo=True)})
+    batch_size: int = field(default=32, metadata={"help": "prompts generated per batch.",
+                                                  "range": BATCH})
+    backend: Literal["transformers", "vllm"] = field(default="transformers", metadata={
+        "help": "generation engine; vllm (the `vllm` extra and a CUDA GPU) takes the same "
+                "prompt token ids and the adapter through vLLM's LoRA, merged into the base "
+                "first when lora r is above vLLM's max LoRA rank.",
+        "note": "(the vllm extra, a CUDA GPU)"})
 
-    max_new_tokens: int = field(default=128, metadata={"range": Range(1, 1 << 20)})
-    do_sample: bool = False
-    temperature: float = field(default=1.0, metadata={"range": Range(0, 100, open_lo=True)})
-    top_p: float = field(default=1.0, metadata={"range": Range(0, 1, open_lo=True)})
-    batch_size: int = field(default=32, metadata={"range": BATCH})
-    backend: Literal["transformers", "vllm"] = field(
-        default="transformers", metadata={"note": "(the vllm extra, a CUDA GPU)"})
 
 
 @dataclass
 class EpitomeConfig:
-    """diff-EPITOME: directory with finetuned_{ER,EX,IP}.pth and the RoBERTa encoder/tokenizer.
+    """diff-EPITOME: directory with finetuned_{ER,EX,IP}.pth and the RoBERTa encoder/tokenizer."""
 
-    checkpoints: that directory (the published files), or `train`: one GPU job per experiment
-      trains them (`empo epitome train`) from `train_data` with `encoder`, shared by every eval.
-    train_data: directory of the EPITOME Reddit annotation CSVs (with checkpoints: train).
-    train_seed: split and training seed of those classifiers (original: 12).
-    """
+    checkpoints: str | None = field(default=None, metadata={
+        "help": "that directory (the published files), or `train`: one GPU job per experiment "
+                "trains them (`empo epitome train`) from `train_data` with `encoder`, shared by "
+                "every eval."})
+    encoder: str = field(default="roberta-base", metadata={
+        "help": "RoBERTa encoder of the classifiers (Hub id or directory)."})
+    tokenizer: str = field(default="roberta-base", metadata={
+        "help": "tokenizer of the classifiers (Hub id or directory)."})
+    padding: Literal["none", "max_length"] = field(default="none", metadata={
+        "help": "none = each pair scored as if alone (seeker padding masked out of the "
+                "cross-attention); max_length = pad to 64, no cross mask."})
+    batch_size: int = field(default=32, metadata={"help": "responses scored per batch.",
+                                                  "range": BATCH})
+    train_data: str | None = field(default=None, metadata={
+        "help": "directory of the EPITOME Reddit annotation CSVs (with checkpoints: train)."})
+    train_seed: int = field(default=12, metadata={
+        "help": "split and training seed of those classifiers (original: 12).",
+        "range": Range(0, SEED_LIMIT - 1)})
 
-    checkpoints: str | None = None
-    encoder: str = "roberta-base"
-    tokenizer: str = "roberta-base"
-    padding: Literal["none", "max_length"] = "none"
-    batch_size: int = field(default=32, metadata={"range": BATCH})
-    train_data: str | None = None
-    train_seed: int = field(default=12, metadata={"range": Range(0, SEED_LIMIT - 1)})
 
 
 @dataclass
 class BertScoreConfig:
     """BERTScore F1 of prediction vs reference (default roberta-large, bert-score's layer)."""
 
-    model: str = "roberta-large"
-    num_layers: int | None = field(default=None, metadata={"range": Range(1, 1000)})
-    batch_size: int = field(default=64, metadata={"range": BATCH})
-    rescale_with_baseline: bool = False
+    model: str = field(default="roberta-large", metadata={
+        "help": "scoring model (bert-score model type, Hub id or directory)."})
+    num_layers: int | None = field(default=None, metadata={
+        "help": "layer whose embeddings are compared (None = bert-score's default for the "
+                "model).",
+        "range": Range(1, 1000)})
+    batch_size: int = field(default=64, metadata={"help": "pairs scored per batch.",
+                                                  "range": BATCH})
+    rescale_with_baseline: bool = field(default=False, metadata={
+        "help": "rescale scores with bert-score's baseline for the model."})
+
 
 
 @dataclass
 class MMLUConfig:
     """MMLU through lm-evaluation-harness (paper: 5-shot)."""
 
-    tasks: list[str] = field(default_factory=lambda: ["mmlu"])
-    num_fewshot: int = field(default=5, metadata={"range": Range(0, 100)})
-    include_path: str | None = None
-    batch_size: int = field(default=8, metadata={"range": BATCH})
-    limit: int | None = field(default=None, metadata={"range": Range(1, 10**9)})
+    tasks: list[str] = field(default_factory=lambda: ["mmlu"], metadata={
+        "help": "lm-eval task names."})
+    num_fewshot: int = field(default=5, metadata={
+        "help": "few-shot examples per question (paper: 5).", "range": Range(0, 100)})
+    include_path: str | None = field(default=None, metadata={
+        "help": "extra directory of lm-eval task YAMLs (lm-eval's include_path)."})
+    batch_size: int = field(default=8, metadata={"help": "lm-eval batch size.", "range": BATCH})
+    limit: int | None = field(default=None, metadata={
+        "help": "questions per task (None = all).", "range": Range(1, 10**9)})
+
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation of each variant: generation, then the metrics listed in `metrics`.
+    """Evaluation of each variant: generation, then the metrics listed in `metrics`."""
 
-    system_prompt: system message of the generation prompts; None = `data.system_prompt`, "" = none.
-    drop_empty_predictions: score only rows whose prediction is not empty after stripping
-      whitespace (paper: silent; the authors' code: true).
-    """
-
-    metrics: list[str] = field(default_factory=lambda: ["epitome", "bertscore", "mmlu"])
-    system_prompt: str | None = None
-    drop_empty_predictions: bool = False
+    metrics: list[str] = field(default_factory=lambda: ["epitome", "bertscore", "mmlu"], metadata={
+        "help": "metrics computed for each variant (each a metric stage of `empo.metrics`).",
+        "allowed": lambda names: (None if set(names) <= set(metric_stages())
+                                  else f"allowed: {', '.join(metric_stages())}")})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system message of the generation prompts; None = `data.system_prompt`, \"\" = "
+                "none."})
+    drop_empty_predictions: bool = field(default=False, metadata={
+        "help": "score only rows whose prediction is not empty after stripping whitespace "
+                "(paper: silent; the authors' code: true)."})
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     epitome: EpitomeConfig = field(default_factory=EpitomeConfig)
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     mmlu: MMLUConfig = field(default_factory=MMLUConfig)
+
 
 
 RUNTIMES = ("none", "apptainer", "pyxis", "podman", "charliecloud")
@@ -344,28 +403,33 @@ class ClusterConfig(SlurmOptions):
 
 @dataclass
 class SweepConfig:
-    """Grid over dotted keys; each point becomes one variant per entry of `variants`.
+    """Grid over dotted keys; each point becomes one variant per entry of `variants`."""
 
-    grid: dotted key -> values; the cartesian product of the lists.
-    zip: dotted key -> values, lists of equal length taken position by position (point i sets
-      every key to its i-th value: `lora.r` with `lora.lora_alpha` = r/4); combined with `grid`
-      as the product of zipped points and grid points. A key may not be in both.
-    """
+    grid: dict[str, list[Any]] = field(default_factory=dict, metadata={
+        "help": "dotted key -> values; the cartesian product of the lists."})
+    zip: dict[str, list[Any]] = field(default_factory=dict, metadata={
+        "help": "dotted key -> values, lists of equal length taken position by position (point "
+                "i sets every key to its i-th value: `lora.r` with `lora.lora_alpha` = r/4); "
+                "combined with `grid` as the product of zipped points and grid points. A key "
+                "may not be in both."})
+    variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"], metadata={
+        "help": "the trained variants made at every sweep point."})
 
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    zip: dict[str, list[Any]] = field(default_factory=dict)
-    variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"])
 
 
 @dataclass
 class ExperimentConfig:
     """One experiment: the paper's Table 1 by default (4 seeds)."""
 
-    name: str = "table1"
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4],
-                             metadata={"range": Range(0, SEED_LIMIT - 1)})
-    results_dir: str = "results"
-    assets: str | None = None
+    name: str = field(default="table1", metadata={
+        "help": "experiment name; its run store is <results_dir>/<name>."})
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4], metadata={
+        "help": "training seeds; every trained variant runs once per seed (paper: 4).",
+        "range": Range(0, SEED_LIMIT - 1)})
+    results_dir: str = field(default="results", metadata={
+        "help": "directory of the run stores (relative paths: from the project root)."})
+    assets: str | None = field(default=None, metadata={
+        "help": "directory of tiny offline assets, created on first use (tests and smoke runs)."})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -376,9 +440,10 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    # the trained rows of the table besides the baseline, each the variant a training stage makes
-    # (sft, sft_dpo, ...; `empo.stages`); one that continues another's adapter brings it along
-    variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"])
+    variants: list[str] = field(default_factory=lambda: ["sft", "sft_dpo"], metadata={
+        "help": "the trained rows of the table besides the baseline, each the variant a "
+                "training stage makes (sft, sft_dpo, ...; `empo.stages`); one that continues "
+                "another's adapter brings it along."})
     root: Path = field(default_factory=Path.cwd, repr=False, compare=False)
 
     def local_or_name(self, value: str) -> str:
@@ -492,12 +557,17 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
 
 
 def _check_choice(cls: type, key: str, value: Any, path: str) -> None:
-    """ConfigError naming the allowed values of a `Literal` field (and its metadata note)."""
+    """ConfigError naming the allowed values of a field: its `Literal` (and its metadata note),
+    or what its metadata["allowed"] rule (value -> what is wrong, None if nothing) says."""
+    rule = field_metadata(cls, key, "allowed")
+    problem = rule(value) if rule else None
+    if problem:
+        raise ConfigError(f"{path}: {value!r} {problem}")
     hint = _field_types(cls)[key]
     if typing.get_origin(hint) is not Literal or value in typing.get_args(hint):
         return
     *head, last = [str(a) for a in typing.get_args(hint)]
-    note = next(f.metadata.get("note") for f in dataclasses.fields(cls) if f.name == key)
+    note = field_metadata(cls, key, "note")
     raise ConfigError(f"{path}: {value!r} must be {', '.join(head) + ' or ' if head else ''}"
                       f"{last}{' ' + note if note else ''}")
 
@@ -560,22 +630,16 @@ def _trl_field(cls: type, stage: str, key: str, where: str = "") -> bool:
 
 
 def _validate(cfg: ExperimentConfig) -> None:
-    """Value checks across fields or that types alone cannot express (a field's range and
-    allowed values stand beside it: `metadata["range"]`, `Literal`)."""
+    """Value checks across fields (a field's own range and allowed values stand beside it:
+    `metadata["range"]`, `Literal`, `metadata["allowed"]`)."""
     check_name(cfg.name, "name")
     cfg.cluster.check_slurm_options()
     checks = [
         (bool(cfg.seeds), "seeds", cfg.seeds, "must list at least one seed"),
         (len(set(cfg.seeds)) == len(cfg.seeds), "seeds", cfg.seeds, "must not repeat"),
-        (cfg.model.add_bos in ("auto", True, False), "model.add_bos", cfg.model.add_bos,
-         "must be auto, true or false"),
-        (attention_problem(cfg.model.attn_implementation) is None, "model.attn_implementation",
-         cfg.model.attn_implementation, attention_problem(cfg.model.attn_implementation)),
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),
          "eval.epitome.train_data", cfg.eval.epitome.train_data,
          "must name the EPITOME annotation directory when eval.epitome.checkpoints is 'train'"),
-        (set(cfg.eval.metrics) <= set(metric_stages()), "eval.metrics",
-         cfg.eval.metrics, f"allowed: {', '.join(metric_stages())}"),
         (cfg.cluster.executor in EXECUTORS, "cluster.executor", cfg.cluster.executor,
          f"allowed: {', '.join(EXECUTORS)}"),
         (cfg.cluster.container.runtime in RUNTIMES, "cluster.container.runtime",

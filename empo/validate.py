@@ -186,15 +186,21 @@ BATCH = Range(1, 100_000)
 STEPS = Range(1, 10**9)
 
 
-def range_of(cls: type, name: str) -> Range | None:
-    """The Range of field `name` of config dataclass `cls`: its `metadata["range"]`, beside the
-    field, or the base class's where a subclass only changes the default (DPOConfig's epochs;
-    tests/test_config.py checks that every numeric field has one)."""
+def field_metadata(cls: type, name: str, key: str) -> Any:
+    """`metadata[key]` of field `name` of config dataclass `cls` ("help", "range", "allowed",
+    "note"), beside the field, or the base class's where a subclass only changes the default
+    (DPOConfig's epochs); None when there is none."""
     for klass in cls.__mro__:
         found = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if found is not None and found.metadata.get("range") is not None:
-            return found.metadata["range"]
+        if found is not None and found.metadata.get(key) is not None:
+            return found.metadata[key]
     return None
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """The Range of field `name` of config dataclass `cls` (tests/test_config.py checks that
+    every numeric field has one)."""
+    return field_metadata(cls, name, "range")
 
 
 def check_range(cls: type, name: str, value: Any, path: str) -> None:

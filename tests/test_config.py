@@ -118,7 +118,8 @@ def test_cli_show_and_validate(capsys, tmp_path):
     assert "did you mean 'sft.learning_rate'" in capsys.readouterr().err
 
 
-def _numeric_fields(cls, prefix=""):
+def _leaf_fields(cls, prefix=""):
+    """(section class, field name, type, dotted key) of every config field that is not a section."""
     import dataclasses
     import typing
 
@@ -126,13 +127,19 @@ def _numeric_fields(cls, prefix=""):
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            yield from _numeric_fields(hint, f"{prefix}{f.name}.")
-            continue
-        text = str(hint)
+            yield from _leaf_fields(hint, f"{prefix}{f.name}.")
+        elif f.name != "root":  # where the config was read from, not a config key
+            yield cls, f.name, hint, f"{prefix}{f.name}"
+
+
+def _numeric_fields(cls):
+    import typing
+
+    for section, name, hint, path in _leaf_fields(cls):
         if typing.get_origin(hint) is typing.Literal:  # allowed values, not a number
             continue
-        if hint in (int, float) or any(t in text for t in ("int", "float")):
-            yield cls, f.name, f"{prefix}{f.name}"
+        if hint in (int, float) or any(t in str(hint) for t in ("int", "float")):
+            yield section, name, path
 
 
 def test_every_numeric_field_has_a_range():
@@ -143,6 +150,54 @@ def test_every_numeric_field_has_a_range():
     missing = [path for cls, name, path in _numeric_fields(ExperimentConfig)
                if range_of(cls, name) is None]
     assert missing == []
+
+
+def test_every_field_has_its_help_beside_it():
+    """Every config field's help is its metadata["help"] (trl's style), not a docstring line: no
+    section docstring keeps a `field: text` line. The cluster section is left out: its fields
+    are moving to the executor backends' sections (issue 21.1)."""
+    import re
+
+    from empo.config import ExperimentConfig
+    from empo.validate import field_metadata
+
+    fields = [(section, name, path) for section, name, _, path in _leaf_fields(ExperimentConfig)
+              if not path.startswith("cluster.")]
+    assert len(fields) > 80
+    missing = [path for section, name, path in fields
+               if not str(field_metadata(section, name, "help") or "").strip()]
+    assert missing == []
+    in_docstrings = [path for section, name, path in fields
+                     if re.search(rf"^\s*{name}( / \w+)?: ", section.__doc__ or "", re.M)]
+    assert in_docstrings == []
+
+
+def test_eval_options_show_the_fields_help(capsys):
+    """`empo eval generate --help` shows each eval.generation field's help from its metadata."""
+    import dataclasses
+
+    from empo.config import GenerationConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "generate", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(GenerationConfig):
+        assert f"eval.generation.{f.name}: {f.metadata['help']}" in out
+
+
+def test_allowed_values_beside_the_field_keep_their_messages():
+    """model.add_bos, model.attn_implementation and eval.metrics are checked by the rule beside
+    the field (metadata["allowed"]), with the same messages as before."""
+    cases = [("model.add_bos=maybe", "model.add_bos: 'maybe' must be auto, true or false"),
+             ("model.attn_implementation=fast", "model.attn_implementation: 'fast' must be one "
+              "of sdpa, eager"),
+             ("eval.metrics=[epitome,bleu]", "eval.metrics: ['epitome', 'bleu'] allowed: ")]
+    for override, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(SMOKE, [override])
+        assert f"{SMOKE}: {message}" in str(err.value)
+    assert load_config(SMOKE, ["model.add_bos=false"]).model.add_bos is False
 
 
 def test_a_config_with_a_base_resolves_to_the_long_form(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 from empo.assets import ensure_tiny_assets
 from empo.config import ExperimentConfig, build_section, load_config, parse_override
+from empo.validate import field_metadata
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -29,15 +30,15 @@ def load_experiment(args: argparse.Namespace, ensure_assets: bool = True) -> Exp
 def add_section_options(parser: argparse.ArgumentParser, cls: type, prefix: str,
                         skip: tuple[str, ...] = ()) -> None:
     """`--field-name` for each field of the config section `cls` (e.g. `eval.generation`):
-    the section's default, its doc line as help; values are checked by `section_from_args`."""
-    docs = _field_docs(cls)
+    the section's default, its config key and metadata["help"] as help; values are checked by
+    `section_from_args`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{docs.get(f.name, prefix + '.' + f.name)} (default: {default})"
+        help_ = f"{prefix}.{f.name}: {field_metadata(cls, f.name, 'help')} (default: {default})"
         if hints[f.name] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_)
@@ -61,13 +62,3 @@ def _yaml_value(value: Any) -> Any:
     if isinstance(value, str):
         return parse_override(f"x={value}")[1]
     return value
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """`name: text` lines of a config section's docstring (trl-style field docs)."""
-    docs: dict[str, str] = {}
-    for line in (cls.__doc__ or "").splitlines():
-        name, sep, text = line.strip().partition(": ")
-        if sep and name.isidentifier():
-            docs[name] = text.strip()
-    return docs
