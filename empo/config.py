@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import yaml
 
@@ -351,53 +351,79 @@ class EvalConfig:
 RUNTIMES = ("none", "apptainer", "pyxis", "podman", "charliecloud")
 
 
+def _one_of(names: tuple[str, ...]) -> Callable[[Any], str | None]:
+    """metadata["allowed"] rule of a field whose value is one of `names`."""
+    return lambda value: None if value in names else f"allowed: {', '.join(names)}"
+
+
 @dataclass
 class ContainerConfig:
     """Container runtime for cluster jobs: one of `RUNTIMES`."""
 
-    runtime: str = "none"
-    image: str | None = None
-    binds: list[str] = field(default_factory=list)
+    runtime: str = field(default="none", metadata={
+        "help": "container the stage jobs run in (none = the submitting environment).",
+        "allowed": _one_of(RUNTIMES)})
+    image: str | None = field(default=None, metadata={
+        "help": "the runtime's image: a .sif file or sandbox directory (apptainer), an image "
+                "name (podman), an image directory or name (charliecloud), a squashfs file or "
+                "registry reference (pyxis); required unless runtime is none."})
+    binds: list[str] = field(default_factory=list, metadata={
+        "help": "extra host paths bound into the container, each SRC[:DST[:OPTIONS]]."})
 
 
 @dataclass
 class ClusterConfig(SlurmOptions):
-    """Where and how stages run. `profile` names a configs/cluster/*.yaml merged under these keys.
-    The SLURM backend's own keys (partition, account, qos, cpu_partition, wckey, mail_user,
-    mail_type, slurm_extra) are declared by `empo.executors.SlurmOptions`.
+    """Where and how stages run. The SLURM backend's own keys (partition, account, ...) are
+    declared by `empo.executors.SlurmOptions`."""
 
-    executor: one of `empo.executors.EXECUTORS` (local, debug, slurm).
-    time: minutes per stage (sft, dpo, eval, aggregate). gpu_memory_gb feeds `empo plan`'s verdict.
-    offline: jobs run with the Hub offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE,
-      TRANSFORMERS_OFFLINE) and read Hub assets from `hf_home` only (stage them with `empo fetch`);
-      None (default): offline when `executor` is slurm (compute nodes rarely have internet).
-    hf_home: the Hugging Face cache jobs read (HF_HOME; bound into the container when offline);
-      None: the submitting environment's HF_HOME, else ~/.cache/huggingface.
-    checkpoint_gb_per_s: the rate (GB/s) a training checkpoint is written to the results
-      filesystem; `empo plan` turns the checkpoint's size into seconds with it. Default 0.5: one
-      stream to one Lustre OST runs at ~350-500 MB/s (Swinburne OzSTAR/gstar filesystem notes,
-      supercomputing.swin.edu.au/filesystems), and a checkpoint is a few files from one process.
-    signal_lead_s: seconds before the time limit SLURM signals a training job to requeue
-      (`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at least 90.
-    """
-
-    executor: str = "local"
-    profile: str | None = None
-    nodes: int = field(default=1, metadata={"range": Range(1, 10_000)})
-    gpus_per_node: int = field(default=0, metadata={"range": Range(0, 64)})
-    cpus_per_task: int = field(default=2, metadata={"range": Range(1, 1024)})
-    mem_gb: int = field(default=8, metadata={"range": Range(0, 1 << 20)})
-    gpu_memory_gb: float = field(default=80.0,  # 0: no GPU (configs/cluster/local.yaml)
-                                 metadata={"range": Range(0, 100_000)})
+    executor: str = field(default="local", metadata={
+        "help": "backend that runs the stages: local, debug or slurm (`empo.executors`).",
+        "allowed": _one_of(EXECUTORS)})
+    profile: str | None = field(default=None, metadata={
+        "help": "path of a cluster profile YAML (configs/cluster/*.yaml) merged under these "
+                "keys."})
+    nodes: int = field(default=1, metadata={"help": "nodes per training job.",
+                                            "range": Range(1, 10_000)})
+    gpus_per_node: int = field(default=0, metadata={
+        "help": "GPUs per node of a training job (an eval job takes one).",
+        "range": Range(0, 64)})
+    cpus_per_task: int = field(default=2, metadata={
+        "help": "CPU cores per task (CPU-only jobs: 1).", "range": Range(1, 1024)})
+    mem_gb: int = field(default=8, metadata={
+        "help": "memory per node of a job, in GB (eval: its GPU's share).",
+        "range": Range(0, 1 << 20)})
+    gpu_memory_gb: float = field(default=80.0, metadata={
+        "help": "memory of one GPU, in GB; feeds `empo plan`'s verdict (0: no GPU, "
+                "configs/cluster/local.yaml).",
+        "range": Range(0, 100_000)})
     time: dict[str, int] = field(
         default_factory=lambda: {"sft": 60, "dpo": 60, "eval": 60, "aggregate": 10},
-        metadata={"range": Range(1, 366 * 24 * 60)})
-    max_requeues: int = field(default=3, metadata={"range": Range(0, 1000)})
-    checkpoint_gb_per_s: float = field(default=0.5,
-                                       metadata={"range": Range(0, 1000, open_lo=True)})
-    signal_lead_s: int | None = field(default=None, metadata={"range": Range(1, 24 * 3600)})
-    offline: bool | None = None
-    hf_home: str | None = None
+        metadata={"help": "minutes per stage (sft, dpo, eval, aggregate).",
+                  "range": Range(1, 366 * 24 * 60)})
+    max_requeues: int = field(default=3, metadata={
+        "help": "times a job that ran out of time or was preempted is requeued.",
+        "range": Range(0, 1000)})
+    checkpoint_gb_per_s: float = field(default=0.5, metadata={
+        "help": "the rate (GB/s) a training checkpoint is written to the results filesystem; "
+                "`empo plan` turns the checkpoint's size into seconds with it. Default 0.5: one "
+                "stream to one Lustre OST runs at ~350-500 MB/s (Swinburne OzSTAR/gstar "
+                "filesystem notes, supercomputing.swin.edu.au/filesystems), and a checkpoint is "
+                "a few files from one process.",
+        "range": Range(0, 1000, open_lo=True)})
+    signal_lead_s: int | None = field(default=None, metadata={
+        "help": "seconds before the time limit SLURM signals a training job to requeue "
+                "(`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at "
+                "least 90.",
+        "range": Range(1, 24 * 3600)})
+    offline: bool | None = field(default=None, metadata={
+        "help": "jobs run with the Hub offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, "
+                "TRANSFORMERS_OFFLINE) and read Hub assets from `hf_home` only (stage them with "
+                "`empo fetch`); None: offline when `executor` is slurm (compute nodes rarely "
+                "have internet)."})
+    hf_home: str | None = field(default=None, metadata={
+        "help": "the Hugging Face cache jobs read (HF_HOME; bound into the container when "
+                "offline); None: the submitting environment's HF_HOME, else "
+                "~/.cache/huggingface."})
     container: ContainerConfig = field(default_factory=ContainerConfig)
 
 
@@ -640,10 +666,6 @@ def _validate(cfg: ExperimentConfig) -> None:
         (cfg.eval.epitome.checkpoints != "train" or bool(cfg.eval.epitome.train_data),
          "eval.epitome.train_data", cfg.eval.epitome.train_data,
          "must name the EPITOME annotation directory when eval.epitome.checkpoints is 'train'"),
-        (cfg.cluster.executor in EXECUTORS, "cluster.executor", cfg.cluster.executor,
-         f"allowed: {', '.join(EXECUTORS)}"),
-        (cfg.cluster.container.runtime in RUNTIMES, "cluster.container.runtime",
-         cfg.cluster.container.runtime, f"allowed: {', '.join(RUNTIMES)}"),
     ]
     for ok, key, value, why in checks:
         if not ok:

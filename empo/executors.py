@@ -18,24 +18,27 @@ OFFLINE_BY_DEFAULT = ("slurm",)           # compute nodes rarely reach the Hub: 
 
 @dataclass
 class SlurmOptions:
-    """The SLURM backend's fields, given as `cluster.*` keys (sbatch options of every job).
+    """The SLURM backend's fields, given as `cluster.*` keys (sbatch options of every job)."""
 
-    partition / account / qos: sbatch --partition / --account / --qos (None: the site's default).
-    cpu_partition: partition of the CPU-only jobs (baseline share, aggregate); None = `partition`.
-    wckey: sbatch --wckey for every job (None: no --wckey; sites that enforce wckeys set theirs).
-    mail_user / mail_type: sbatch --mail-user / --mail-type (e.g. END,FAIL) for every job.
-    slurm_extra: any other sbatch option for every job, long name without dashes -> value
-      (`{constraint: a100, exclusive: true}`); given last, so it wins over the fields above.
-    """
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    cpu_partition: str | None = None
-    wckey: str | None = None
-    mail_user: str | None = None
-    mail_type: str | None = None
-    slurm_extra: dict[str, Any] = field(default_factory=dict)
+    partition: str | None = field(default=None, metadata={
+        "help": "sbatch --partition (None: the site's default)."})
+    account: str | None = field(default=None, metadata={
+        "help": "sbatch --account (None: the site's default)."})
+    qos: str | None = field(default=None, metadata={
+        "help": "sbatch --qos (None: the site's default)."})
+    cpu_partition: str | None = field(default=None, metadata={
+        "help": "partition of the CPU-only jobs (baseline share, aggregate); None = `partition`."})
+    wckey: str | None = field(default=None, metadata={
+        "help": "sbatch --wckey for every job (None: no --wckey; sites that enforce wckeys set "
+                "theirs)."})
+    mail_user: str | None = field(default=None, metadata={
+        "help": "sbatch --mail-user for every job."})
+    mail_type: str | None = field(default=None, metadata={
+        "help": "sbatch --mail-type for every job (e.g. END,FAIL)."})
+    slurm_extra: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "any other sbatch option for every job, long name without dashes -> value "
+                "(`{constraint: a100, exclusive: true}`); given last, so it wins over the fields "
+                "above."})
 
     def check_slurm_options(self) -> None:
         """ConfigError naming a `slurm_extra` entry sbatch could not take as one option."""

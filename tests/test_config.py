@@ -154,21 +154,20 @@ def test_every_numeric_field_has_a_range():
 
 def test_every_field_has_its_help_beside_it():
     """Every config field's help is its metadata["help"] (trl's style), not a docstring line: no
-    section docstring keeps a `field: text` line. The cluster section is left out: its fields
-    are moving to the executor backends' sections (issue 21.1)."""
+    section docstring (nor that of a class it inherits fields from, cluster's `SlurmOptions`) keeps
+    a `field: text` line."""
     import re
 
     from empo.config import ExperimentConfig
     from empo.validate import field_metadata
 
-    fields = [(section, name, path) for section, name, _, path in _leaf_fields(ExperimentConfig)
-              if not path.startswith("cluster.")]
-    assert len(fields) > 80
+    fields = [(section, name, path) for section, name, _, path in _leaf_fields(ExperimentConfig)]
+    assert len(fields) > 100 and "cluster.container.runtime" in [p for _, _, p in fields]
     missing = [path for section, name, path in fields
                if not str(field_metadata(section, name, "help") or "").strip()]
     assert missing == []
-    in_docstrings = [path for section, name, path in fields
-                     if re.search(rf"^\s*{name}( / \w+)?: ", section.__doc__ or "", re.M)]
+    in_docstrings = [path for section, name, path in fields for klass in section.__mro__
+                     if re.search(rf"^\s*(\w+ / )*{name}( / \w+)*: ", klass.__doc__ or "", re.M)]
     assert in_docstrings == []
 
 
@@ -187,12 +186,16 @@ def test_eval_options_show_the_fields_help(capsys):
 
 
 def test_allowed_values_beside_the_field_keep_their_messages():
-    """model.add_bos, model.attn_implementation and eval.metrics are checked by the rule beside
-    the field (metadata["allowed"]), with the same messages as before."""
+    """model.add_bos, model.attn_implementation, eval.metrics, cluster.executor and
+    cluster.container.runtime are checked by the rule beside the field (metadata["allowed"]),
+    with the same messages as before."""
     cases = [("model.add_bos=maybe", "model.add_bos: 'maybe' must be auto, true or false"),
              ("model.attn_implementation=fast", "model.attn_implementation: 'fast' must be one "
               "of sdpa, eager"),
-             ("eval.metrics=[epitome,bleu]", "eval.metrics: ['epitome', 'bleu'] allowed: ")]
+             ("eval.metrics=[epitome,bleu]", "eval.metrics: ['epitome', 'bleu'] allowed: "),
+             ("cluster.executor=pbs", "cluster.executor: 'pbs' allowed: local, debug, slurm"),
+             ("cluster.container.runtime=docker", "cluster.container.runtime: 'docker' allowed: "
+              "none, apptainer, pyxis, podman, charliecloud")]
     for override, message in cases:
         with pytest.raises(ConfigError) as err:
             load_config(SMOKE, [override])
