@@ -78,6 +78,7 @@ def test_an_explicit_marker_expression_or_test_id_replaces_the_tier(sample):
     assert collected(sample, where="tests/test_sample.py::test_graph") == ["test_graph"]
 
 
+@pytest.mark.slow  # tier: starts pytest with two xdist workers (20 s on the loaded box)
 def test_all_on_two_xdist_workers_runs_the_cluster_directory_on_one_a_test_at_a_time(sample):
     pytest.importorskip("xdist")
     result = sample.runpytest_subprocess("--all", "-n", "2", "--dist", "loadgroup", "-v")
