@@ -26,7 +26,8 @@ from empo.metrics import metric_stages
 from empo.options import attention_problem
 from empo.trainer_fields import REFUSED, trl_fields
 from empo.validate import (BATCH, SEED_LIMIT, STEPS, Range, check_name, check_override_text,
-                           check_range, check_text, field_metadata, load_yaml, read_text)
+                           check_range, check_text, field_metadata, home_path, load_yaml,
+                           read_text)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HASH_EXCLUDED = ("seeds", "cluster")  # neither changes what a run computes
@@ -761,7 +762,7 @@ def resolve_path(value: str | Path, root: Path) -> Path:
     root of the config file, see `project_root`)."""
     if isinstance(value, str) and value.startswith(PACKAGE_PREFIX):
         return package_file(value)
-    path = Path(value).expanduser()
+    path = home_path(value)
     return path if path.is_absolute() else Path(root) / path
 
 
@@ -824,7 +825,7 @@ def read_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base: expected the path of another config file")
-    base_path = Path(base).expanduser()
+    base_path = home_path(base)
     base_path = base_path if base_path.is_absolute() else Path(path).parent / base_path
     if base_path.resolve() in chain or len(chain) > 8:
         raise ConfigError(f"{path}: base: {base} includes itself")

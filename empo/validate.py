@@ -46,6 +46,16 @@ def read_text(path: Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> st
                           "as UTF-8") from None
 
 
+def home_path(value: str | Path) -> Path:
+    """`value` as a path with a leading `~` or `~user` expanded; ConfigError naming it where that
+    home directory is unknown (pathlib raises RuntimeError)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{value}: cannot expand {str(value).split('/', 1)[0]!r}: no such "
+                          "user's home directory (name the path without ~)") from None
+
+
 def load_yaml(text: str, source: str) -> Any:
     """yaml.safe_load, refusing documents that expand past MAX_YAML_NODES (alias bombs) or nest
     deeper than MAX_YAML_DEPTH; errors name `source` and the line."""

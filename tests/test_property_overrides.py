@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from empo.cli import main
@@ -147,6 +147,7 @@ def test_any_override_validates_or_is_one_line(ws, capsys, monkeypatch, override
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(override=overrides.filter(lambda o: not o.startswith(("assets=", "results_dir="))))
+@example(override="data.emotion_table=~$(touch PWNED)")  # ~user unknown: was a RuntimeError
 def test_any_override_dry_runs_or_is_one_line_and_writes_only_its_scripts(tiny, ws, capsys,
                                                                          monkeypatch, override):
     """`empo submit --dry-run` (no SLURM controller) writes only under results/<name>/."""

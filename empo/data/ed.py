@@ -25,6 +25,7 @@ from empo.data.columns import LoadResult
 from empo.data.dialogue import Dialogue
 from empo.data.raw import read_raw_csv
 from empo.errors import DataError
+from empo.validate import home_path
 
 MESSAGE_COLUMNS = ("conv_id", "situation", "emotion", "conversations")
 MESSAGE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -61,7 +62,7 @@ def resolve_source(source: str | Path, split: str) -> tuple[str, str]:
     asked. Anything else that looks like a path must exist; otherwise it is taken as a Hub id.
     """
     text = str(source)
-    path = Path(text).expanduser()
+    path = home_path(text)
     if path.is_dir():
         for name in split_names(split):
             if (path / f"{name}.csv").is_file():
