@@ -25,6 +25,7 @@ from empo.launch import check_container, job_resources, make_executor
 from empo.launch.accounting import run_query
 from empo.launch.backends import batch_backend
 from empo.launch.jobs import ArrayPlan, dependency, plan_arrays, plan_units
+from empo.launch.orphans import with_comment
 from empo.launch.preflight import PreflightError, Problem, preflight
 from empo.launch.resources import Resources
 from empo.launch.submit import job_name
@@ -34,6 +35,7 @@ from empo.store import atomic_write_text, claim_experiment_dir
 DRY_RUN_DIR = "dry-run"
 WRITTEN = ".written"             # the scripts this dry run wrote: the only ones it ever deletes
 SCRIPT_NAME = re.compile(r"[0-9]{2,}-[A-Za-z0-9_.+-]+\.sbatch")
+DRY_RUN_TOKEN = "dry-run"       # in the job comment where submit puts each job's own token
 DEPENDENCY_LINES = re.compile(r"^#SBATCH --(dependency|kill-on-invalid-dep)=.*\n", re.M)
 
 
@@ -137,8 +139,9 @@ def dry_run(cfg: ExperimentConfig, check: bool = True) -> tuple[list[DryJob], li
     answering = slurm_answers()
     for index, plan in enumerate(arrays):
         dep = dependency(plan, by_key, job_ids, array_ids)
-        resources = job_resources(cfg, plan.kind, job_name(cfg, plan.kind, plan.variant),
-                                  plan_signal=check)  # the --signal lead submit would use
+        resources, _, _ = with_comment(  # the --signal lead and the comment submit would use
+            job_resources(cfg, plan.kind, job_name(cfg, plan.kind, plan.variant),
+                          plan_signal=check), cfg.experiment_dir, DRY_RUN_TOKEN, plan)
         executor = make_executor(cfg, chosen.name, out / "jobs", resources, dependency=dep,
                                  script_only=True)
         text = chosen.script(executor, len(plan.units))

@@ -11,6 +11,7 @@ into the manifest (jobs or history), so status, cancel and cost see it.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -22,7 +23,9 @@ from typing import Any
 
 from empo.errors import LaunchError
 from empo.launch.accounting import array_task_ids
+from empo.launch.jobs import ArrayPlan
 from empo.launch.manifest import read_manifest, settle_intents
+from empo.launch.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,16 @@ def job_comment(experiment_dir: Path, token: str, units: list[dict[str, str]]) -
     """The SLURM comment of a job: `empo:<results dir tag>:<token>:<fingerprint of its stages>`."""
     blob = json.dumps(units, sort_keys=True).encode()
     return f"empo:{experiment_tag(experiment_dir)}:{token}:{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def with_comment(resources: Resources, experiment_dir: Path, token: str,
+                 plan: ArrayPlan) -> tuple[Resources, str, list[dict[str, str]]]:
+    """`resources` with the job's SLURM comment (`job_comment`), the comment and the plan's units
+    (stage key -> fingerprint per array task): what submit records and the dry run renders."""
+    units = [{s.key: s.fingerprint for s in unit.stages} for unit in plan.units]
+    comment = job_comment(experiment_dir, token, units)
+    return dataclasses.replace(resources, extra={**resources.extra, "comment": comment}), \
+        comment, units
 
 
 @dataclass(frozen=True)

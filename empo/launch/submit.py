@@ -9,7 +9,6 @@ cancels what SLURM queued for it (`launch/orphans.py`).
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import subprocess
@@ -24,7 +23,7 @@ from empo.launch.backends import Backend, batch_backend
 from empo.launch.jobs import Unit, dependency, plan_arrays, plan_units
 from empo.launch.manifest import (MANIFEST, add_intent, now, read_manifest, record_jobs,
                                   restore_manifest)
-from empo.launch.orphans import job_comment, settle_orphans
+from empo.launch.orphans import settle_orphans, with_comment
 from empo.pipeline import Graph, stage_call
 
 log = logging.getLogger(__name__)
@@ -80,10 +79,9 @@ def submit_graph(cfg: ExperimentConfig, graph: Graph, folder: Path) -> dict[str,
             dep = ",".join(filter(None, [dep, "afterok:" + ":".join(earlier)]))
         name = job_name(cfg, plan.kind, plan.variant)
         token = uuid.uuid4().hex[:12]
-        units = [{s.key: s.fingerprint for s in unit.stages} for unit in plan.units]
-        comment = job_comment(cfg.experiment_dir, token, units)
-        resources = job_resources(cfg, plan.kind, name, plan_signal=True)
-        resources = dataclasses.replace(resources, extra={**resources.extra, "comment": comment})
+        resources, comment, units = with_comment(job_resources(cfg, plan.kind, name,
+                                                               plan_signal=True),
+                                                 cfg.experiment_dir, token, plan)
         executor = make_executor(cfg, chosen.name, folder, resources, dependency=dep)
         add_intent(cfg.experiment_dir, {"token": token, "name": name, "comment": comment,
                                         "folder": str(folder), "at": now(), "units": units})

@@ -25,7 +25,7 @@ from empo.launch.status import experiment_status
 from empo.launch.experiment import write_experiment
 from empo.distributed import distributed_env, scoped
 from empo.pipeline import build_graph, stage_call
-from empo.store import is_done, mark_done, run_dir
+from empo.store import claim_experiment_dir, is_done, mark_done, run_dir
 from fakes import fake_training, finish_training_and_mmlu
 
 pytestmark = [pytest.mark.slurm]
@@ -70,7 +70,9 @@ def test_smoke_on_slurm_failure_cancels_dependants_and_resubmission_completes(sl
     cfg = load_config(args[0], args[1:])
     graph = build_graph(cfg)
     # A file where DPO seed 1 writes its run: that stage fails; everything after it must not run,
-    # and seed 2 (its own array tasks, aftercorr) must not be held back by it.
+    # and seed 2 (its own array tasks, aftercorr) must not be held back by it. The directory is
+    # EmPO's (claimed first): only a broken run inside our own store is simulated.
+    claim_experiment_dir(cfg.experiment_dir)
     blocker = run_dir(cfg.experiment_dir, "sft_dpo", 1)
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a directory")
