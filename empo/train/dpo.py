@@ -43,6 +43,10 @@ class EpochDraws:
 
     def __init__(self, rows: "Dataset", epoch_column: str = "epoch"):
         epochs = rows[epoch_column]
+        if not epochs:
+            raise TrainError("no preference pair is left after trl's tokenization: every prompt "
+                             "(with the system prompt) leaves no room for a response within "
+                             "max_length; raise max_length or shorten system_prompt")
         labels = sorted(set(epochs))
         self.rows = rows
         self.index = {e: [i for i, v in enumerate(epochs) if v == e] for e in labels}

@@ -112,3 +112,13 @@ def test_cli_reports_dpo_without_sft_and_bad_lora_as_one_line_errors(tiny_assets
 
 def test_every_training_error_is_an_empo_error():
     assert issubclass(TrainError, EmpoError)
+
+
+def test_dpo_with_every_pair_dropped_by_trl_says_why():
+    """trl drops a pair whose prompt fills max_length; with none left the stage says so."""
+    from datasets import Dataset
+
+    from empo.train.dpo import EpochDraws
+
+    with pytest.raises(TrainError, match="no preference pair is left.*raise max_length"):
+        EpochDraws(Dataset.from_dict({"epoch": []}))
