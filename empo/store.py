@@ -335,10 +335,12 @@ def json_object_problem(path: Path, keys: Iterable[str] = ()) -> str | None:
 
 
 def _unchanged_since_checked(check):
-    """Cache a file check by (path, size, mtime): the graph asks "is it done?" of every stage on
-    each status poll, and a 7B adapter or 2,500 predictions need not be re-read unless they
-    changed. A missing file is never cached."""
-    seen: dict[tuple[Any, ...], str | None] = {}
+    """Cache a passed file check by (path, size, mtime, inode): the graph asks "is it done?" of
+    every stage on each status poll, and a 7B adapter or 2,500 predictions need not be re-read
+    unless they changed. Only a pass is kept: a problem (which may be a passing read error, e.g.
+    no file descriptor left) is checked again on the next poll, never stuck for the process. A
+    missing file is never cached."""
+    passed: set[tuple[Any, ...]] = set()
 
     def cached(path: Path, *args: Any) -> str | None:
         try:
@@ -346,11 +348,14 @@ def _unchanged_since_checked(check):
         except OSError:
             return check(path, *args)
         key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, *args)
-        if key not in seen:
-            if len(seen) > 4096:
-                seen.clear()
-            seen[key] = check(path, *args)
-        return seen[key]
+        if key in passed:
+            return None
+        problem = check(path, *args)
+        if problem is None:
+            if len(passed) > 4096:
+                passed.clear()
+            passed.add(key)
+        return problem
 
     cached.__doc__ = check.__doc__
     return cached

@@ -69,3 +69,25 @@ def test_merge_json_sets_a_corrupt_file_aside(tmp_path):
     assert store.merge_json(path, {"a": 1}) == {"a": 1}
     assert (tmp_path / "metrics.json.invalid-1").read_text() == "{not json"
     assert "not valid JSON" in (tmp_path / "metrics.json.invalid-1.why").read_text()
+
+
+def test_a_problem_is_checked_again_but_a_pass_is_kept(tmp_path, monkeypatch):
+    """A file check's pass is cached while the file is unchanged; a problem is not, so a passing
+    read error (here: no descriptor could be opened) never makes a finished output look broken
+    for the rest of the process."""
+    import empo.store as store
+    from empo.reader import ReadError
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"prediction": "hi"}\n')
+    real = store.open_regular
+
+    def refuse(*args, **kwargs):
+        raise ReadError(f"{path}: cannot read (Too many open files)")
+
+    monkeypatch.setattr(store, "open_regular", refuse)
+    assert "Too many open files" in store.jsonl_problem(path, "prediction")
+    monkeypatch.setattr(store, "open_regular", real)
+    assert store.jsonl_problem(path, "prediction") is None  # checked again: passes
+    monkeypatch.setattr(store, "open_regular", refuse)
+    assert store.jsonl_problem(path, "prediction") is None  # unchanged since it passed: kept
