@@ -84,6 +84,17 @@ def draw_selector(draws: EpochDraws) -> Any:
     return SelectDraw()
 
 
+def serve_draws(trainer: Any, epochs: int) -> Any:
+    """Make `trainer` train on one preference draw per epoch (its tokenized rows as `EpochDraws`,
+    switched by `draw_selector`); TrainError unless there is one draw for each of `epochs`."""
+    draws = EpochDraws(trainer.train_dataset)
+    if draws.num_draws != epochs:
+        raise TrainError(f"{draws.num_draws} preference draws for {epochs} epochs")
+    trainer.train_dataset = draws
+    trainer.add_callback(draw_selector(draws))
+    return trainer
+
+
 class LengthCaps(NamedTuple):
     """`dpo.length_percentile`'s caps (the authors' dpo_ps.py:48-53), in tokens, before rounding."""
 
@@ -226,12 +237,7 @@ def build_dpo_trainer(
         peft_config=peft_config,
         callbacks=[common.train_log_callback(out_dir), *(callbacks or [])],
     )
-    draws = EpochDraws(trainer.train_dataset)
-    if draws.num_draws != cfg.dpo.num_train_epochs:
-        raise TrainError(f"{draws.num_draws} preference draws for {cfg.dpo.num_train_epochs} epochs")
-    trainer.train_dataset = draws
-    trainer.add_callback(draw_selector(draws))
-    return trainer
+    return serve_draws(trainer, cfg.dpo.num_train_epochs)
 
 
 def train_dpo(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path) -> Path:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empo import models, options
-from empo.errors import TrainError
 from empo.train import common
-from empo.train.dpo import EpochDraws, draw_selector, preference_dataset
+from empo.train.dpo import preference_dataset, serve_draws
 
 if TYPE_CHECKING:
     from trl import KTOTrainer
@@ -49,12 +48,7 @@ def build_kto_trainer(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_ada
     trainer = KTOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset,
                          processing_class=tokenizer,
                          callbacks=[common.train_log_callback(out_dir), *(callbacks or [])])
-    draws = EpochDraws(trainer.train_dataset)
-    if draws.num_draws != cfg.kto.num_train_epochs:
-        raise TrainError(f"{draws.num_draws} preference draws for {cfg.kto.num_train_epochs} epochs")
-    trainer.train_dataset = draws
-    trainer.add_callback(draw_selector(draws))
-    return trainer
+    return serve_draws(trainer, cfg.kto.num_train_epochs)
 
 
 def train_kto(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Path) -> Path:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from empo import models, options
-from empo.errors import TrainError
 from empo.train import common
-from empo.train.dpo import EpochDraws, draw_selector, preference_dataset
+from empo.train.dpo import preference_dataset, serve_draws
 
 if TYPE_CHECKING:
     from empo.config import ExperimentConfig
@@ -43,13 +42,7 @@ def build_orpo_trainer(cfg: "ExperimentConfig", seed: int, out_dir: Path,
     trainer = ORPOTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=models.lora_config(cfg, models.model_module_names(cfg)),
                           callbacks=[common.train_log_callback(out_dir), *(callbacks or [])])
-    draws = EpochDraws(trainer.train_dataset)
-    if draws.num_draws != cfg.orpo.num_train_epochs:
-        raise TrainError(f"{draws.num_draws} preference draws for {cfg.orpo.num_train_epochs} "
-                         "epochs")
-    trainer.train_dataset = draws
-    trainer.add_callback(draw_selector(draws))
-    return trainer
+    return serve_draws(trainer, cfg.orpo.num_train_epochs)
 
 
 def train_orpo(cfg: "ExperimentConfig", seed: int, out_dir: Path) -> Path:
