@@ -18,7 +18,7 @@ from empo.errors import LaunchError
 from empo.launch.accounting import JobInfo, exception_line, job_info
 from empo.launch.backends import by_backend
 from empo.launch.experiment import run_lock_path
-from empo.pipeline import Graph
+from empo.pipeline import Graph, Stage
 from empo.processes import ProcessId, ended, owned_job
 from empo.reader import inside
 from empo.store import lock_held, lock_holder
@@ -103,16 +103,18 @@ def _statuses(graph: Graph, jobs: dict[str, dict[str, Any]], job_states: dict[st
         if stage.is_done():
             out[stage.key] = StageStatus(stage.key, "done", job_id, log)
             continue
-        found = stage.output_problem() if all(p.exists() for p in stage.markers()) else None
+        marked = all(p.exists() for p in stage.markers())
+        found = stage.output_problem() if marked else None
         if found is not None:  # marked done, but what it wrote does not parse
             out[stage.key] = StageStatus(stage.key, "failed", job_id, log,
                                          f"{found[1]}; the next run moves it aside and redoes it")
             continue
+        stale = _stale_text(stage) if marked else ""
         state = normalize(job_states.get(job_id)) if job_id else None
         blocked = f"dependency {root} {out[root].state}" if root else ""
         same_job = [d for d in stage.deps if (jobs.get(d) or {}).get("job_id") == job_id and job_id]
         if state is None:
-            status = StageStatus(stage.key, "not-run", None, None, blocked or "not submitted")
+            status = StageStatus(stage.key, "not-run", None, None, stale or blocked or "not submitted")
         elif state in RUNNING:
             status = StageStatus(stage.key, "running", job_id, log, entry.get("note", ""))
         elif state in WAITING:
@@ -130,6 +132,8 @@ def _statuses(graph: Graph, jobs: dict[str, dict[str, Any]], job_states: dict[st
             error = entry.get("error") or ""
             status = StageStatus(stage.key, "failed", job_id, log,
                                  f"job {job_id} {state}{code}" + (f": {error}" if error else ""))
+        elif stale:  # its job finished it under another identity (config, model or data changed)
+            status = StageStatus(stage.key, "not-run", job_id, log, stale)
         else:  # COMPLETED (or unknown to us) without the marker
             names = ", ".join(p.name for p in stage.markers())
             status = StageStatus(stage.key, "failed", job_id, log,
@@ -137,6 +141,17 @@ def _statuses(graph: Graph, jobs: dict[str, dict[str, Any]], job_states: dict[st
         status.blocked_by = root if status.state not in ("failed", "cancelled") or root else None
         out[stage.key] = status
     return out
+
+
+def _stale_text(stage: Stage) -> str:
+    """Why a stage whose marker is there is not done: its outputs were made under another
+    fingerprint (what changed), or '' when they were not."""
+    if stage.superseded() is None:
+        return ""
+    changed = stage.changed_fields()
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return (f"finished under another identity ({', '.join(changed[:4])}{more} changed); "
+            "the next submit redoes it")
 
 
 def _ancestors(deps: tuple[str, ...], graph: Graph) -> set[str]:

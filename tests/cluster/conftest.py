@@ -3,7 +3,8 @@
 `slurm_cluster` reuses the cluster CI started (SLURM_CONF set) or starts one with
 scripts/slurm-cluster in a temp dir and stops it at the end. `container_image` builds (or reuses
 from its cache) the local image with scripts/container-image and picks a runtime that runs it.
-`docker_image` refreshes the image scripts/docker-image built from docker/Dockerfile. All skip
+`docker_image` refreshes the image scripts/docker-image built from docker/Dockerfile; every test
+here finds the checkout's tiny assets built (`smoke_assets`). All skip
 with the reason where the machine lacks what they need, except under CI=true, where that is a
 failure: CI installs and builds everything (scripts/ci-deps, .ci/run) and must run these tests.
 """
@@ -25,6 +26,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT_ROOT / "scripts"
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "sacct", "scontrol", "scancel", "sinfo")
+
+
+@pytest.fixture(autouse=True)
+def smoke_assets(tiny: Path) -> Path:
+    """The checkout's assets/tiny (what the smoke config names), complete before a test builds
+    its graph: a graph built while they are missing or still being built (a fresh clone; another
+    xdist worker building them) fingerprints other files than the jobs then see, and every stage
+    the jobs finish looks finished under another identity."""
+    return tiny
 
 
 def unavailable(reason: str) -> None:

@@ -95,11 +95,12 @@ def test_smoke_on_slurm_failure_cancels_dependants_and_resubmission_completes(sl
     assert "#SBATCH --dependency=afterok:" in aggregate_script.read_text()
 
     status = wait_settled(cfg, graph, timeout_s=1800)
-    assert status["dpo/sft_dpo/seed-1"].state == "failed"
+    unfinished = {k: (s.state, s.reason) for k, s in status.items() if s.state != "done"}
+    assert status["dpo/sft_dpo/seed-1"].state == "failed", unfinished
     assert Path(status["dpo/sft_dpo/seed-1"].log).exists()
     for key in ("generate/sft_dpo/seed-1", "epitome/sft_dpo/seed-1", "mmlu/sft_dpo/seed-1", "aggregate"):
-        assert status[key].state == "cancelled", (key, status[key])
-        assert status[key].reason == "dependency dpo/sft_dpo/seed-1 failed", key
+        assert status[key].state == "cancelled", (key, unfinished)
+        assert status[key].reason == "dependency dpo/sft_dpo/seed-1 failed", (key, unfinished)
     done = [k for k, s in status.items() if s.state == "done"]
     assert "dpo/sft_dpo/seed-2" in done and "mmlu/sft_dpo/seed-2" in done  # seed 2 went on
     assert "share/baseline/seed-2" in done and "bertscore/sft/seed-1" in done

@@ -68,3 +68,24 @@ def test_running_completed_without_marker_and_never_submitted(make_cfg):
     status = {s.key: s for s in stage_statuses(graph, jobs, {sft: "RUNNING", dpo: "COMPLETED"})}
     assert status["dpo/sft_dpo/seed-1"].state == "failed"
     assert "without writing DONE" in status["dpo/sft_dpo/seed-1"].reason
+
+
+def test_a_stage_finished_under_another_identity_is_not_run_with_what_changed(make_cfg):
+    # finished under dpo.beta=0.1; the experiment now says 0.2 (or its model's files changed):
+    # its COMPLETED job did not fail, and the next submit redoes it
+    before = build_graph(make_cfg(seeds=[1], dpo__beta=0.1))
+    jobs = manifest_jobs(before)
+    for stage in before:
+        if stage.kind in ("sft", "dpo"):
+            finish_stage(stage)
+    graph = build_graph(make_cfg(seeds=[1], dpo__beta=0.2))
+    sft, dpo = jobs["sft/sft/seed-1"]["job_id"], jobs["dpo/sft_dpo/seed-1"]["job_id"]
+    status = {s.key: s for s in stage_statuses(graph, jobs, {sft: "COMPLETED", dpo: "COMPLETED"})}
+    assert status["sft/sft/seed-1"].state == "done"
+    assert status["dpo/sft_dpo/seed-1"].state == "not-run"
+    assert status["dpo/sft_dpo/seed-1"].reason == (
+        "finished under another identity (dpo.beta changed); the next submit redoes it")
+    assert status["generate/sft_dpo/seed-1"].blocked_by is None  # not blamed on DPO
+    # a job of the stage that failed is still the failure to act on
+    status = {s.key: s for s in stage_statuses(graph, jobs, {dpo: "FAILED"})}
+    assert status["dpo/sft_dpo/seed-1"].state == "failed"
