@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback
 
     from empo.config import ExperimentConfig, TrainConfig
+    from empo.train.preemption import SaveAtSignal
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +290,27 @@ def start_stage(cfg: "ExperimentConfig", out_dir: Path) -> None:
 
 
 def run_training(trainer: "Trainer", out_dir: Path) -> Path:
-    """Train (resuming from the last complete checkpoint), save the adapter, write the log and DONE."""
-    out_dir = Path(out_dir)
+    """Train (resuming from the last complete checkpoint), save the adapter, write the log and
+    DONE; at the requeue signal, save a checkpoint of the step in progress and hand the job back
+    (`preemption.SaveAtSignal`)."""
+    from empo.train.preemption import SaveAtSignal
+
+    at_signal = SaveAtSignal(trainer.accelerator)
+    trainer.add_callback(at_signal)
+    at_signal.install()
+    try:
+        return _train_and_finish(trainer, Path(out_dir), at_signal)
+    finally:
+        at_signal.uninstall()
+
+
+def _train_and_finish(trainer: "Trainer", out_dir: Path, at_signal: "SaveAtSignal") -> Path:
     resume = last_checkpoint(out_dir)
     if resume is not None:
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if at_signal.stopped_at is not None and at_signal.stopped_at < trainer.state.max_steps:
+        at_signal.hand_on()  # (signalled in its last step, the stage finishes instead)
     adapter = out_dir / "adapter"
     staging = out_dir / "adapter.partial"
     if trainer.is_world_process_zero() and staging.exists():

@@ -371,7 +371,8 @@ class CheckpointPlan:
         return (f"  checkpoint         {self.size / 1e9:.2f} GB (adapter + optimizer state of the "
                 f"trainable parameters), {self.write_s:.0f} s to write at {self.gb_per_s:g} GB/s "
                 f"(cluster.checkpoint_gb_per_s)\n"
-                f"  signal lead        {self.lead_s} s before the time limit ({source})")
+                f"  signal lead        {self.lead_s} s before the time limit ({source}): the "
+                "step in progress, its checkpoint, the requeue")
 
 
 def checkpoint_plan(cfg: "ExperimentConfig", plan: Plan) -> CheckpointPlan:

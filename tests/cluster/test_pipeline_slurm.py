@@ -191,7 +191,11 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(sl
         assert time.time() < deadline, "training did not finish after the requeue"
         time.sleep(2)
     assert "Requeued job" in Path(job.paths.stdout).read_text()       # submitit's log
-    assert "resuming from" in Path(job.paths.stderr).read_text()      # the stage's log
+    log = Path(job.paths.stderr).read_text()                          # the stage's log
+    # the step in progress at the signal was saved, and the requeued job went on from there
+    stopped = re.search(r"requeue signal: stopping at step (\d+) of", log)
+    assert stopped, log[-3000:]
+    assert f"resuming from {out / 'checkpoints' / ('checkpoint-' + stopped[1])}" in log
     assert job.result() == {"sft/sft/seed-1": "done"}
     deadline = time.time() + 120
     while sacct_state(job.job_id) != "COMPLETED" and time.time() < deadline:
@@ -201,6 +205,36 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(sl
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert (ours[name] - theirs[name]).abs().max().item() <= 1e-5, name
+
+
+@pytest.mark.slow
+def test_a_preempted_two_rank_training_job_saves_the_step_in_progress_and_resumes_there(
+        slurm_cluster, tmp_path):
+    """Two tasks (fake GPUs, gloo): both ranks agree on the step to stop at, save its
+    checkpoint together; rank 0 requeues, and the requeued job resumes from that step."""
+    args = smoke_args(tmp_path / "results", "sft.save_steps=1000", "sft.logging_steps=1",
+                      "cluster.gpus_per_node=2")
+    cfg = load_config(args[0], args[1:])
+    write_experiment(cfg)
+    stage = build_graph(cfg).stages["sft/sft/seed-1"]
+    ex = make_executor(cfg, "slurm", tmp_path / "jobs", job_resources(cfg, "sft", "preempt2:sft"))
+    job, out = ex.submit(stage_call([stage])), stage.directory
+    steps = out / "train_log.jsonl"
+    deadline = time.time() + 900
+    while not steps.exists() or len(steps.read_text().splitlines()) < 2:
+        assert not is_done(out) and time.time() < deadline, "no training step logged in time"
+        time.sleep(0.2)
+    job._interrupt()
+    deadline = time.time() + 1200
+    while not is_done(out):
+        assert time.time() < deadline, "training did not finish after the requeue"
+        time.sleep(2)
+    log = Path(job.paths.stderr).read_text()  # rank 0's
+    stopped = re.search(r"requeue signal: stopping at step (\d+) of", log)
+    assert stopped, log[-3000:]
+    assert f"resuming from {out / 'checkpoints' / ('checkpoint-' + stopped[1])}" in log
+    assert "Requeued job" in Path(job.paths.stdout).read_text()
+    assert job.results()[0] == {"sft/sft/seed-1": "done"}  # rank 0's result
 
 
 def all_reduce_probe() -> dict:

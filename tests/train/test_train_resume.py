@@ -79,3 +79,43 @@ def test_killed_run_resumes_to_the_uninterrupted_adapter(stage, tiny_assets, sft
     assert resumed.keys() == reference.keys()
     diff = max((resumed[k] - reference[k]).abs().max().item() for k in reference)
     assert diff <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_requeue_signal_saves_the_step_in_progress_and_the_rerun_resumes_there(tiny_assets,
+                                                                                   tmp_path):
+    # no periodic checkpoint (save_steps past the end): what the rerun resumes from is the one
+    # saved at the signal, of the step that was in progress (SLURM/submitit: USR2 before the limit)
+    extra = ["sft.num_train_epochs=2", "sft.save_steps=1000", "sft.logging_steps=1"]
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    signalled = tmp_path / "signalled"
+    run = run_dir(signalled / "smoke", "sft", 1)
+    with open(tmp_path / "signalled.log", "w") as log:
+        proc = subprocess.Popen(_command("sft", tiny_assets, signalled, extra), env=env,
+                                cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        steps = run / "train_log.jsonl"
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline and (
+                not steps.exists() or len(steps.read_text().splitlines()) < 3):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGUSR2)
+        assert proc.wait(timeout=600) == -signal.SIGUSR2  # handed on: the default ends it
+    text = (tmp_path / "signalled.log").read_text()
+    assert "SIGUSR2 received: saving a checkpoint" in text, text[-3000:]
+    saved = last_checkpoint(run)
+    assert saved is not None and not is_done(run), text[-3000:]
+    step = int(saved.name.rsplit("-", 1)[1])
+    assert 3 <= step < 48 and f"requeue signal: stopping at step {step} of 48" in text
+
+    rerun = subprocess.run(_command("sft", tiny_assets, signalled, extra), env=env,
+                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {saved}" in rerun.stderr and is_done(run)
+
+    clean = tmp_path / "clean"
+    once = subprocess.run(_command("sft", tiny_assets, clean, extra), env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert once.returncode == 0, once.stderr[-3000:]
+    resumed, reference = _adapter(run), _adapter(run_dir(clean / "smoke", "sft", 1))
+    assert resumed.keys() == reference.keys()
+    assert max((resumed[k] - reference[k]).abs().max().item() for k in reference) <= 1e-5
