@@ -35,11 +35,12 @@ _SEED_DIR = re.compile(r"^seed-(-?\d+)$")
 # ---------------------------------------------------------------------------- arithmetic (pure)
 
 def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample SD (ddof=1); SD 0 for one value; (None, None) for none."""
+    """Mean and sample SD (ddof=1); no SD for one value (undefined, pandas' NaN: an empty cell,
+    not a 0 that reads as no spread); (None, None) for none."""
     if not values:
         return None, None
     if len(values) == 1:
-        return float(values[0]), 0.0
+        return float(values[0]), None
     return statistics.mean(values), statistics.stdev(values)
 
 

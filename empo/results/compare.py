@@ -110,7 +110,8 @@ def to_csv(comparisons: Sequence[Comparison]) -> str:
 
 def _stat_text(metric: str, stat: Stat) -> str:
     mean = fmt_mean(metric, stat.mean) if metric in metric_keys() else fmt_number(stat.mean, 3)
-    return f"{mean} ± {fmt_sd(stat.sd)} (n={stat.n})"
+    spread = f" ± {fmt_sd(stat.sd)}" if stat.sd is not None else ""
+    return f"{mean}{spread} (n={stat.n})"
 
 
 def _signed(value: float, decimals: int) -> str:

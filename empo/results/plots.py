@@ -152,7 +152,7 @@ def plot_sweep(spec: SweepFigure, points: Sequence[SweepPoint], runs: Runs,
             if not line:
                 continue
             name = label if len(spec.metrics) == 1 else f"{label}: {_label(metric)}"
-            ax.errorbar([r[2] for r in line], [r[4] for r in line], yerr=[r[5] for r in line],
+            ax.errorbar([r[2] for r in line], [r[4] for r in line], yerr=[r[5] or 0.0 for r in line],
                         marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
     _value_ticks(ax, [r[2] for r in rows])
@@ -197,7 +197,7 @@ def plot_beta(points: Sequence[SweepPoint], runs: Runs, out_dir: Path) -> list[P
     for label in dict.fromkeys(r[0] for r in summary):
         line = [r for r in summary if r[0] == label]
         xs = [r[2] for r in line]
-        drawn = ax.errorbar(xs, [r[4] for r in line], yerr=[r[5] for r in line], marker="o",
+        drawn = ax.errorbar(xs, [r[4] for r in line], yerr=[r[5] or 0.0 for r in line], marker="o",
                             capsize=3, label=f"{label}: mean ± SD")
         color = drawn[0].get_color()
         ax.fill_between(xs, [r[6] for r in line], [r[7] for r in line], color=color, alpha=0.2,

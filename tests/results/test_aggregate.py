@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from empo.errors import ConfigError, EmpoError
 from empo.results.aggregate import aggregate, build_rows, load_rows, mean_sd, read_metrics
+from empo.results.table import to_csv
 
 CORE = ["mmlu", "diff_er", "diff_ex", "diff_ip", "fbert"]
 
@@ -32,7 +34,7 @@ def test_mean_and_sample_sd_are_exact():
 
 
 def test_one_value_has_sd_zero_and_none_has_no_stats():
-    assert mean_sd([0.7]) == (0.7, 0.0)
+    assert mean_sd([0.7]) == (0.7, None)  # undefined: an empty cell, not 0
     assert mean_sd([]) == (None, None)
 
 
@@ -41,7 +43,10 @@ def test_rows_count_runs_and_metrics_separately():
     (row,) = build_rows(runs, ["sft"], expected_seeds=[1, 2, 3], required=["mmlu", "diff_er"])
     assert (row.n, row.expected) == (2, 3)
     assert (row.stats["mmlu"].n, row.stats["diff_er"].n) == (1, 2)
-    assert row.stats["mmlu"].sd == 0.0
+    assert row.stats["mmlu"].sd is None  # one value: no SD
+    (line,) = csv.DictReader(io.StringIO(to_csv([row])))
+    assert (line["mmlu_mean"], line["mmlu_sd"]) == ("0.5", "")
+    assert float(line["diff_er_sd"]) == pytest.approx(0.7071, abs=1e-4)
     assert row.missing == ["seed-3", "mmlu@seed-2"]
     assert row.incomplete("mmlu") and row.incomplete("diff_er")
 
@@ -66,10 +71,12 @@ def test_table_csv_means_and_sds_match_statistics(table1_store, table1_runs):
         for metric in CORE:
             values = [m[metric] for m in seeds.values() if metric in m]
             mean = float(table[variant][f"{metric}_mean"])
-            sd = float(table[variant][f"{metric}_sd"])
             assert mean == pytest.approx(statistics.mean(values), abs=1e-15)
-            expected_sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            assert sd == pytest.approx(expected_sd, abs=1e-15)
+            if len(values) == 1:  # one value: an empty SD cell, not 0
+                assert table[variant][f"{metric}_sd"] == ""
+                continue
+            sd = float(table[variant][f"{metric}_sd"])
+            assert sd == pytest.approx(statistics.stdev(values), abs=1e-15)
     assert float(table["sft"]["diff_er_mean"]) == pytest.approx(0.8875)
     assert float(table["sft"]["diff_er_sd"]) == pytest.approx(0.015)
     assert float(table["baseline"]["mmlu_sd"]) == 0.0
