@@ -116,6 +116,9 @@ class LoraConfig:
 class TrainConfig:
     """Fields shared by the SFT and DPO stages, passed to trl's SFTConfig / DPOConfig."""
 
+    packs: ClassVar[bool] = False                   # whether trl's `packing` applies to it
+    ignored_by_trl: ClassVar[dict[str, str]] = {}   # trl field -> why setting it is refused
+
     learning_rate: float = field(default=1e-5, metadata={
         "help": "peak learning rate (paper: 1e-5).", "range": Range(0, 1, open_lo=True)})
     num_train_epochs: int = field(default=1, metadata={
@@ -169,6 +172,7 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning on whole dialogues, loss on listener turns (paper: 1 epoch, lr 1e-5)."""
 
     trl_config: ClassVar[str] = "trainer/sft_config.py:SFTConfig"  # file:class in the trl package
+    packs: ClassVar[bool] = True  # trl_args `packing` (bfd) flattens micro-batches (padding-free)
 
 
 @dataclass
@@ -176,6 +180,8 @@ class DPOConfig(TrainConfig):
     """DPO on the theory-driven preference pairs, one fresh rejected draw per epoch."""
 
     trl_config: ClassVar[str] = "trainer/dpo_config.py:DPOConfig"
+    ignored_by_trl: ClassVar[dict[str, str]] = {  # trl fields its trainer does not honour
+        "padding_free": "DPOTrainer ignores it (it falls back to padded batches, with a warning)"}
     num_train_epochs: int = 3
     beta: float = field(default=0.025, metadata={
         "help": "DPO temperature (paper: 0.025; beta ≫ 0.05 over-fits).",
@@ -411,11 +417,6 @@ class ClusterConfig(SlurmOptions):
                 "filesystem notes, supercomputing.swin.edu.au/filesystems), and a checkpoint is "
                 "a few files from one process.",
         "range": Range(0, 1000, open_lo=True)})
-    signal_lead_s: int | None = field(default=None, metadata={
-        "help": "seconds before the time limit SLURM signals a training job to requeue "
-                "(`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at "
-                "least 90.",
-        "range": Range(1, 24 * 3600)})
     offline: bool | None = field(default=None, metadata={
         "help": "jobs run with the Hub offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, "
                 "TRANSFORMERS_OFFLINE) and read Hub assets from `hf_home` only (stage them with "

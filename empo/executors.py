@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from empo.errors import ConfigError
-from empo.validate import SBATCH_OPTION, sbatch_option_problem
+from empo.validate import SBATCH_OPTION, Range, sbatch_option_problem
 
 EXECUTORS = ("local", "debug", "slurm")   # each one a module of empo/launch/backends/
 OFFLINE_BY_DEFAULT = ("slurm",)           # compute nodes rarely reach the Hub: jobs run offline
@@ -35,6 +35,11 @@ class SlurmOptions:
         "help": "sbatch --mail-user for every job."})
     mail_type: str | None = field(default=None, metadata={
         "help": "sbatch --mail-type for every job (e.g. END,FAIL)."})
+    signal_lead_s: int | None = field(default=None, metadata={
+        "help": "seconds before the time limit SLURM signals a training job to requeue "
+                "(`--signal=USR2@<lead>`); None: derived from the planned save (`empo plan`), at "
+                "least 90.",
+        "range": Range(1, 24 * 3600)})
     slurm_extra: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "any other sbatch option for every job, long name without dashes -> value "
                 "(`{constraint: a100, exclusive: true}`); given last, so it wins over the fields "

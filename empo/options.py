@@ -86,19 +86,22 @@ def require_attention(name: str | None, key: str = "model.attn_implementation") 
 def padding_free(cfg: "ExperimentConfig", stage: str) -> bool:
     """Whether trl will flatten each micro-batch into one row: `padding_free`, or SFT packing with
     a best-fit strategy (trl turns padding-free on for those)."""
-    args = getattr(cfg, stage).trainer_args
-    packed = stage == "sft" and bool(args.get("packing")) and \
+    section = getattr(cfg, stage)
+    args = section.trainer_args
+    packed = section.packs and bool(args.get("packing")) and \
         args.get("packing_strategy", "bfd") in ("bfd", "bfd_split")
     return bool(args.get("padding_free")) or packed
 
 
 def check_trainer_options(cfg: "ExperimentConfig", stage: str, trl_version: str = "") -> None:
     """ConfigError for a trainer option that cannot work here (called before any weights load)."""
-    args = getattr(cfg, stage).trainer_args
+    section = getattr(cfg, stage)
+    args = section.trainer_args
     key = f"{stage}.trainer_args"
-    if stage == "dpo" and args.get("padding_free"):
-        raise ConfigError(f"{key}.padding_free: trl {trl_version or '(installed)'}'s DPOTrainer "
-                          "ignores it (it falls back to padded batches, with a warning); leave it unset")
+    for name, why in section.ignored_by_trl.items():
+        if args.get(name):
+            raise ConfigError(f"{key}.{name}: trl {trl_version or '(installed)'}'s {why}; "
+                              "leave it unset")
     if padding_free(cfg, stage):
         attention = cfg.model.attn_implementation
         if not is_flash(attention):

@@ -35,7 +35,7 @@ from empo.fingerprint import fingerprint, identity_fields
 from empo.joblog import finish_streams, start_job_logging
 from empo.reader import JSON_LIMIT, ReadError, read_bytes, read_json, read_text
 from empo.results.sweep import expand_sweep, point_name
-from empo.stages import (REGISTRY, call_stage, output_problem, stage_kind, trained_variants,
+from empo.stages import (REGISTRY, call_stage, hook, output_problem, stage_kind, trained_variants,
                          variant_stages)
 from empo.store import (atomic_write_json, atomic_write_text, claim_experiment_dir,
                         json_object_problem, marker, merge_json, move_aside, run_dir, stage_lock)
@@ -399,28 +399,17 @@ def build_graph(cfg: ExperimentConfig) -> Graph:
 
 def training_stage(variant: Variant, seed: int, where: Path) -> Stage:
     """The stage that trains `variant`'s adapter for `seed`: from the base model, or continuing
-    the adapter of the variant it starts from (DPO: of seed `dpo.sft_seed` when set)."""
+    the adapter of the variant it starts from, of the same seed or of the one its kind's
+    `seed_run` names (DPO: `dpo.sft_seed`)."""
     entry = trained_variants()[variant.kind]
     if not entry.starts_from or variant.start is None:
         return Stage(entry.name, variant.name, seed, where, variant.config)
-    start = sft_seed_of(variant.config, seed) if entry.name == "dpo" else seed
-    cfg = dpo_config(variant.config, seed) if entry.name == "dpo" else variant.config
+    start, cfg = (hook(entry.seed_run)(variant.config, seed) if entry.seed_run
+                  else (seed, variant.config))
     before = run_dir(variant.config.experiment_dir, variant.start, start)
     return Stage(entry.name, variant.name, seed, where, cfg,
                  (f"{entry.starts_from}/{variant.start}/seed-{start}",),
                  adapter=before / "adapter")
-
-
-def sft_seed_of(cfg: ExperimentConfig, seed: int) -> int:
-    """The SFT seed whose adapter DPO seed `seed` continues: its own (independent chains), or
-    `dpo.sft_seed` for every DPO run."""
-    return seed if cfg.dpo.sft_seed is None else cfg.dpo.sft_seed
-
-
-def dpo_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
-    """The config of DPO seed `seed`: `dpo.beta` set to that seed's entry of `dpo.betas`."""
-    beta = cfg.dpo.beta_of(seed)
-    return cfg if beta == cfg.dpo.beta else cfg.with_overrides({"dpo.beta": beta})
 
 
 def with_fingerprints(ordered: list[Stage]) -> dict[str, Stage]:

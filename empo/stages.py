@@ -59,6 +59,9 @@ class StageKind:
     variant: str | None = None              # the table row it makes (sft, sft_dpo, ...)
     label: str = ""                         # its name in the table's variant labels (SFT, DPO)
     starts_from: str | None = None          # the training stage whose adapter it continues
+    seed_run: str | None = None             # "module:function" (cfg, seed) -> (the seed whose
+                                            # adapter it continues, its config for this seed);
+                                            # None: its own seed, the variant's config
     tasks_per_gpu: bool = False             # one task per GPU (torch distributed), else one a node
     sequences: int = 1                      # sequences per example in a micro-batch (memory plan)
     reference: str | None = None            # its frozen reference (memory plan): a mode
@@ -156,9 +159,10 @@ def share_run(source: Path, target: Path, kinds: tuple[str, ...]) -> Path:
 
 def training(name: str, run: str, label: str, help: str, variant: str | None = None,
              starts_from: str | None = None, pairs: bool = False, reference: str | None = None,
-             ignores: tuple[str, ...] = ()) -> StageKind:
+             ignores: tuple[str, ...] = (), seed_run: str | None = None) -> StageKind:
     """A training stage: trains a LoRA adapter from config section `name` (its own job, one task
-    per GPU, resumable); `starts_from`: continues that stage's adapter of the same seed;
+    per GPU, resumable); `starts_from`: continues that stage's adapter of the same seed (or of
+    the seed `seed_run` names, with the config it gives each seed);
     `pairs`: two sequences per example (chosen and rejected); `reference`: the frozen reference
     it keeps, a mode (adapter_copy) or the config key holding one (dpo.reference)."""
     return StageKind(name, run, job=name, resources="training", time_key=name,
@@ -169,7 +173,7 @@ def training(name: str, run: str, label: str, help: str, variant: str | None = N
                      ignores=("model.architecture", *NOT_TRAINING_DATA, *ignores,
                               *(f"{name}.{field}" for field in CADENCE)),
                      assets="empo.hub:training_assets", variant=variant or name, label=label,
-                     starts_from=starts_from, tasks_per_gpu=True, sequences=2 if pairs else 1,
+                     starts_from=starts_from, seed_run=seed_run, tasks_per_gpu=True, sequences=2 if pairs else 1,
                      reference=reference, flops_per_token=8 if reference else 6,
                      tokens="empo.estimate:training_tokens", plan="empo.train.memory:plan_memory",
                      preflight="empo.train.memory:memory_problems", help=help)
@@ -182,7 +186,7 @@ REGISTRY: dict[str, StageKind] = {kind.name: kind for kind in (
     training("dpo", "empo.train.dpo:train_dpo", "DPO", "DPO from the SFT adapter of the same seed",
              variant="sft_dpo", starts_from="sft",
              pairs=True, reference="dpo.reference",  # seed structure: in the deps and dpo.beta
-             ignores=("dpo.sft_seed", "dpo.betas")),
+             ignores=("dpo.sft_seed", "dpo.betas"), seed_run="empo.train.dpo:seed_run"),
     training("kto", "empo.train.kto:train_kto", "KTO", "KTO from the SFT adapter of the same seed", variant="sft_kto", starts_from="sft", pairs=True, reference="adapter_copy"),
     training("orpo", "empo.train.orpo:train_orpo", "ORPO", "ORPO from the base model (reference-free, no SFT before it)", pairs=True),
     StageKind("epitome_train", "empo.stages:epitome_train", job="epitome_train",

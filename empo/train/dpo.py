@@ -244,3 +244,12 @@ def train_dpo(cfg: "ExperimentConfig", seed: int, out_dir: Path, sft_adapter: Pa
     """Run (or resume) the DPO stage into `out_dir` from `sft_adapter`; returns the adapter dir."""
     return common.train_stage(cfg, "dpo", seed, out_dir, lambda: build_dpo_trainer(
         cfg, seed, Path(out_dir), Path(sft_adapter)))
+
+
+def seed_run(cfg: "ExperimentConfig", seed: int) -> tuple[int, "ExperimentConfig"]:
+    """DPO seed `seed`'s seed structure (the registry's `seed_run`): the SFT seed whose adapter
+    it continues, its own (independent chains) or `dpo.sft_seed` for every DPO run, and its
+    config, with `dpo.beta` set to that seed's entry of `dpo.betas`."""
+    start = seed if cfg.dpo.sft_seed is None else cfg.dpo.sft_seed
+    beta = cfg.dpo.beta_of(seed)
+    return start, (cfg if beta == cfg.dpo.beta else cfg.with_overrides({"dpo.beta": beta}))

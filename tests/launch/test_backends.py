@@ -93,7 +93,7 @@ def test_no_module_outside_the_backends_compares_against_an_executor_name(tmp_pa
 def test_the_slurm_fields_are_the_slurm_backends_and_keep_their_cluster_keys(tmp_path):
     slurm = {f.name for f in dataclasses.fields(SlurmOptions)}
     assert slurm == {"partition", "account", "qos", "cpu_partition", "wckey", "mail_user",
-                     "mail_type", "slurm_extra"}
+                     "mail_type", "signal_lead_s", "slurm_extra"}
     assert backend("slurm").options is SlurmOptions
     assert issubclass(ClusterConfig, SlurmOptions)
     assert not slurm & set(ClusterConfig.__annotations__)  # declared once, by SlurmOptions
