@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # jobs/train.sbatch CONFIG stage=KIND runs any training stage (sft.sbatch, dpo.sbatch: shortcuts)
 TRAIN = "train"
+# what the training wrappers ask SLURM to send their batch step (`--signal=B:USR2@300`)
+WRAPPER_SIGNAL = signal.SIGUSR2
 # per task, inside the allocation: torchrun-style env from the task's SLURM variables
 TASK_ENV = ('export RANK=${SLURM_PROCID:-0} LOCAL_RANK=${SLURM_LOCALID:-0} '
             'WORLD_SIZE=${SLURM_NTASKS:-1} LOCAL_WORLD_SIZE=${SLURM_NTASKS_PER_NODE:-1}; exec "$@"')
@@ -288,11 +291,43 @@ def run_wrapper(kind: str, argv: list[str], dry_run: bool = False) -> int:
           file=sys.stderr, flush=True)
 
     one = {ONE_LOG: "1"} if one_log() else {}  # srun gives the tasks a pipe each: tell them
-    status = subprocess.run(launch.launch, env={**env, **launch.env, **one}).returncode
+    status, signalled = run_passing_on_requeue(launch.launch, {**env, **launch.env, **one})
+    if signalled and env.get("SLURM_JOB_ID"):
+        print(f"empo job: the requeue signal reached {name}; requeueing job "
+              f"{env['SLURM_JOB_ID']} (a training stage resumes from the step it saved)",
+              file=sys.stderr, flush=True)
+        requeue = subprocess.run(["scontrol", "requeue", env["SLURM_JOB_ID"]],
+                                 capture_output=True, text=True, timeout=60)
+        if requeue.returncode == 0:
+            return status
+        print(f"empo job: scontrol requeue failed: {requeue.stderr.strip()}", file=sys.stderr,
+              flush=True)
     if status != 0:
         print(f"empo job: {name} failed (exit {status}); once fixed, resubmit the same job with\n"
               f"  sbatch jobs/{kind}.sbatch {shell_words(argv)}", file=sys.stderr, flush=True)
     return status
+
+
+def run_passing_on_requeue(argv: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run the job's launch command; the training wrappers' `--signal=B:USR2@<lead>` reaches this
+    process (the batch step), which passes it on as the signal a training stage saves at (srun
+    hands it to every task). Returns (exit status, whether it was signalled)."""
+    from submitit import JobEnvironment  # the trainer's signal: submitit's (empo.train.preemption)
+
+    to_stage = signal.Signals["SIG" + JobEnvironment.USR_SIG]
+    proc = subprocess.Popen(argv, env=env)
+    signalled = False
+
+    def pass_on(signum: int, frame: Any) -> None:  # noqa: ARG001 - a signal handler's signature
+        nonlocal signalled
+        signalled = True
+        proc.send_signal(to_stage)
+
+    previous = signal.signal(WRAPPER_SIGNAL, pass_on)
+    try:
+        return proc.wait(), signalled
+    finally:
+        signal.signal(WRAPPER_SIGNAL, previous)
 
 
 # ------------------------------------------------------------------------------ submit-all

@@ -11,6 +11,7 @@ distributed env.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -321,3 +322,39 @@ def test_sft_wrapper_trains_the_smoke_experiment(slurm_cluster, tmp_path):
     assert (run / "DONE").exists(), output[-3000:]
     assert (run / "adapter").is_dir()
     assert sacct_state(slurm_cluster, job_id) == ("COMPLETED", "0:0")
+
+
+@pytest.mark.slow
+def test_a_training_wrapper_saves_at_its_signal_requeues_and_resumes_from_that_step(
+        slurm_cluster, tmp_path):
+    """`--signal=B:USR2@300` reaches `empo job run` (the batch step); it passes the signal on to
+    the stage's tasks, which save the step in progress, then requeues the job, which resumes."""
+    for wrapper in ("sft", "dpo", "train"):  # every training wrapper
+        assert "#SBATCH --signal=B:USR2@300" in (JOBS / f"{wrapper}.sbatch").read_text(), wrapper
+    results, out = tmp_path / "results", tmp_path / "job.out"
+    submit = subprocess.run(
+        ["sbatch", "--parsable", f"--output={out}", "--open-mode=append", *LOCAL, "--mem=4G",
+         "--time=30", str(JOBS / "sft.sbatch"), SMOKE, "seed=1", f"results_dir={results}",
+         "sft.save_steps=1000", "sft.logging_steps=1"],
+        env=slurm_cluster.env(PATH=BIN + os.pathsep + os.environ["PATH"], HF_HUB_OFFLINE="1",
+                              HF_DATASETS_OFFLINE="1"),
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip().split(";")[0]
+    run = results / "smoke" / "runs" / "sft" / "seed-1"
+    steps = run / "train_log.jsonl"
+    deadline = time.time() + 600
+    while not steps.exists() or len(steps.read_text().splitlines()) < 2:
+        assert time.time() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], env=slurm_cluster.env(),
+                   check=True, timeout=30)
+    deadline = time.time() + 600
+    while sacct_state(slurm_cluster, job_id)[0] != "COMPLETED":
+        assert time.time() < deadline, (sacct_state(slurm_cluster, job_id), out.read_text()[-3000:])
+        time.sleep(2)
+    text = out.read_text()
+    stopped = re.search(r"requeue signal: stopping at step (\d+) of", text)
+    assert stopped and "requeueing job" in text, text[-3000:]
+    assert f"resuming from {run / 'checkpoints' / ('checkpoint-' + stopped[1])}" in text
+    assert (run / "DONE").exists()
