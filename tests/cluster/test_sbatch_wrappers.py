@@ -88,6 +88,17 @@ def sacct_state(cluster, job_id: str) -> tuple[str, str]:
     return state, code
 
 
+def signal_and_wait(cluster, job_id: str, name: str, out: Path, timeout_s: float) -> None:
+    """`scancel --signal=NAME --batch` (what `--signal=B:NAME@lead` sends), then wait until the
+    job (requeued by its wrapper) has COMPLETED."""
+    subprocess.run(["scancel", f"--signal={name}", "--batch", job_id], env=cluster.env(),
+                   check=True, timeout=30)
+    deadline = time.time() + timeout_s
+    while sacct_state(cluster, job_id)[0] != "COMPLETED":
+        assert time.time() < deadline, (sacct_state(cluster, job_id), out.read_text()[-3000:])
+        time.sleep(2)
+
+
 def job_name(cluster, job_id: str) -> str:
     """From the controller (it keeps finished jobs MinJobAge seconds): accounting may lag."""
     out = subprocess.run(["scontrol", "show", "job", job_id], env=cluster.env(),
@@ -278,12 +289,7 @@ def test_pipeline_requeues_on_its_signal_and_runs_again(slurm_cluster, tmp_path)
     while not (out.exists() and records(out.read_text())):  # the first run is under way
         assert time.time() < deadline, out.read_text() if out.exists() else "no output"
         time.sleep(1)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=slurm_cluster.env(),
-                   check=True, timeout=30)
-    deadline = time.time() + 180
-    while sacct_state(slurm_cluster, job_id)[0] != "COMPLETED":
-        assert time.time() < deadline, (sacct_state(slurm_cluster, job_id), out.read_text())
-        time.sleep(2)
+    signal_and_wait(slurm_cluster, job_id, "USR1", out, timeout_s=180)
     runs = records(out.read_text())
     assert [r["env"]["SLURM_RESTART_COUNT"] for r in runs] == [None, "1"], runs
     assert runs[-1]["argv"] == ["run", SMOKE, f"results_dir={tmp_path}", "--executor", "local"]
@@ -347,12 +353,7 @@ def test_a_training_wrapper_saves_at_its_signal_requeues_and_resumes_from_that_s
     while not steps.exists() or len(steps.read_text().splitlines()) < 2:
         assert time.time() < deadline, out.read_text() if out.exists() else "no output"
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], env=slurm_cluster.env(),
-                   check=True, timeout=30)
-    deadline = time.time() + 600
-    while sacct_state(slurm_cluster, job_id)[0] != "COMPLETED":
-        assert time.time() < deadline, (sacct_state(slurm_cluster, job_id), out.read_text()[-3000:])
-        time.sleep(2)
+    signal_and_wait(slurm_cluster, job_id, "USR2", out, timeout_s=600)
     text = out.read_text()
     stopped = re.search(r"requeue signal: stopping at step (\d+) of", text)
     assert stopped and "requeueing job" in text, text[-3000:]
