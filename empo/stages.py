@@ -173,7 +173,8 @@ def training(name: str, run: str, label: str, help: str, variant: str | None = N
                      ignores=("model.architecture", *NOT_TRAINING_DATA, *ignores,
                               *(f"{name}.{field}" for field in CADENCE)),
                      assets="empo.hub:training_assets", variant=variant or name, label=label,
-                     starts_from=starts_from, seed_run=seed_run, tasks_per_gpu=True, sequences=2 if pairs else 1,
+                     starts_from=starts_from, seed_run=seed_run, tasks_per_gpu=True,
+                     sequences=2 if pairs else 1,
                      reference=reference, flops_per_token=8 if reference else 6,
                      tokens="empo.estimate:training_tokens", plan="empo.train.memory:plan_memory",
                      preflight="empo.train.memory:memory_problems", help=help)

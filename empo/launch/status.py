@@ -114,7 +114,8 @@ def _statuses(graph: Graph, jobs: dict[str, dict[str, Any]], job_states: dict[st
         blocked = f"dependency {root} {out[root].state}" if root else ""
         same_job = [d for d in stage.deps if (jobs.get(d) or {}).get("job_id") == job_id and job_id]
         if state is None:
-            status = StageStatus(stage.key, "not-run", None, None, stale or blocked or "not submitted")
+            status = StageStatus(stage.key, "not-run", None, None,
+                                 stale or blocked or "not submitted")
         elif state in RUNNING:
             status = StageStatus(stage.key, "running", job_id, log, entry.get("note", ""))
         elif state in WAITING:

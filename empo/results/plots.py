@@ -152,8 +152,8 @@ def plot_sweep(spec: SweepFigure, points: Sequence[SweepPoint], runs: Runs,
             if not line:
                 continue
             name = label if len(spec.metrics) == 1 else f"{label}: {_label(metric)}"
-            ax.errorbar([r[2] for r in line], [r[4] for r in line], yerr=[r[5] or 0.0 for r in line],
-                        marker="o", capsize=3, label=name)
+            ax.errorbar([r[2] for r in line], [r[4] for r in line],
+                        yerr=[r[5] or 0.0 for r in line], marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
     _value_ticks(ax, [r[2] for r in rows])
     ax.set(xlabel=spec.xlabel, ylabel=spec.ylabel, title=spec.title)
