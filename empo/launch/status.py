@@ -151,8 +151,8 @@ def _stale_text(stage: Stage) -> str:
         return ""
     changed = stage.changed_fields()
     more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-    return (f"finished under another identity ({', '.join(changed[:4])}{more} changed); "
-            "the next submit redoes it")
+    return (f"finished under another identity, changed since: {', '.join(changed[:4])}{more}; "
+            "the next run or submit redoes it")
 
 
 def _ancestors(deps: tuple[str, ...], graph: Graph) -> set[str]:

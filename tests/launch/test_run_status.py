@@ -84,7 +84,8 @@ def test_a_stage_finished_under_another_identity_is_not_run_with_what_changed(ma
     assert status["sft/sft/seed-1"].state == "done"
     assert status["dpo/sft_dpo/seed-1"].state == "not-run"
     assert status["dpo/sft_dpo/seed-1"].reason == (
-        "finished under another identity (dpo.beta changed); the next submit redoes it")
+        "finished under another identity, changed since: dpo.beta; the next run or submit "
+        "redoes it")
     assert status["generate/sft_dpo/seed-1"].blocked_by is None  # not blamed on DPO
     # a job of the stage that failed is still the failure to act on
     status = {s.key: s for s in stage_statuses(graph, jobs, {dpo: "FAILED"})}

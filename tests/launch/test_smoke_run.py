@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import time
 
 import pytest
@@ -66,3 +67,27 @@ def test_the_smoke_experiment_runs_end_to_end_and_a_rerun_starts_nothing(smoke_r
     assert f"table: {exp / 'table.csv'}" in out
     assert (exp / "table.csv").stat().st_mtime_ns == before  # finished results never rewritten
     assert time.time() - start < 60
+
+
+@pytest.mark.slow
+def test_status_after_a_config_change_names_what_the_next_run_redoes(smoke_run, tmp_path, capsys):
+    """A finished experiment whose recorded config then changes (dpo.beta): `empo status` calls
+    DPO and what reads it not run, says what changed, and blames no job."""
+    results, done, _ = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    copy = tmp_path / "smoke"
+    shutil.copytree(results / "smoke", copy, symlinks=True)
+    recorded = (copy / "experiment.yaml").read_text()
+    assert f"results_dir: {results}\n" in recorded and "  beta: 0.025\n" in recorded
+    (copy / "experiment.yaml").write_text(recorded.replace(
+        f"results_dir: {results}\n", f"results_dir: {tmp_path}\n").replace(
+        "  beta: 0.025\n", "  beta: 0.05\n", 1))
+    capsys.readouterr()
+    assert main(["status", str(copy), "--json"]) == 0
+    rows = {row["key"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {row["state"] for row in rows.values()} == {"done", "not-run"}
+    stale = sorted(key for key, row in rows.items() if row["state"] == "not-run")
+    assert stale == sorted([*(f"{kind}/sft_dpo/seed-{s}" for kind in (
+        "dpo", "generate", "epitome", "bertscore", "mmlu") for s in (1, 2)), "aggregate"])
+    assert rows["dpo/sft_dpo/seed-1"]["reason"] == (
+        "finished under another identity, changed since: dpo.beta; the next run or submit redoes it")
