@@ -99,6 +99,27 @@ def signal_and_wait(cluster, job_id: str, name: str, out: Path, timeout_s: float
         time.sleep(2)
 
 
+def queue_until_training(cluster, script: str, args: list[str], results: Path,
+                         out: Path) -> tuple[str, Path]:
+    """sbatch jobs/SCRIPT on the smoke config (no periodic checkpoint, a log row per step) and
+    wait until SFT seed 1 has logged two steps; (job id, its run directory)."""
+    submit = subprocess.run(
+        ["sbatch", "--parsable", f"--output={out}", "--open-mode=append", *LOCAL, "--mem=4G",
+         "--time=30", str(JOBS / script), SMOKE, *args, f"results_dir={results}",
+         "sft.save_steps=1000", "sft.logging_steps=1"],
+        env=cluster.env(PATH=BIN + os.pathsep + os.environ["PATH"], HF_HUB_OFFLINE="1",
+                        HF_DATASETS_OFFLINE="1"),
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    run = results / "smoke" / "runs" / "sft" / "seed-1"
+    steps = run / "train_log.jsonl"
+    deadline = time.time() + 600
+    while not steps.exists() or len(steps.read_text().splitlines()) < 2:
+        assert time.time() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(0.2)
+    return submit.stdout.strip().split(";")[0], run
+
+
 def job_name(cluster, job_id: str) -> str:
     """From the controller (it keeps finished jobs MinJobAge seconds): accounting may lag."""
     out = subprocess.run(["scontrol", "show", "job", job_id], env=cluster.env(),
@@ -338,24 +359,30 @@ def test_a_training_wrapper_saves_at_its_signal_requeues_and_resumes_from_that_s
     for wrapper in ("sft", "dpo", "train"):  # every training wrapper
         assert "#SBATCH --signal=B:USR2@300" in (JOBS / f"{wrapper}.sbatch").read_text(), wrapper
     results, out = tmp_path / "results", tmp_path / "job.out"
-    submit = subprocess.run(
-        ["sbatch", "--parsable", f"--output={out}", "--open-mode=append", *LOCAL, "--mem=4G",
-         "--time=30", str(JOBS / "sft.sbatch"), SMOKE, "seed=1", f"results_dir={results}",
-         "sft.save_steps=1000", "sft.logging_steps=1"],
-        env=slurm_cluster.env(PATH=BIN + os.pathsep + os.environ["PATH"], HF_HUB_OFFLINE="1",
-                              HF_DATASETS_OFFLINE="1"),
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-    assert submit.returncode == 0, submit.stderr
-    job_id = submit.stdout.strip().split(";")[0]
-    run = results / "smoke" / "runs" / "sft" / "seed-1"
-    steps = run / "train_log.jsonl"
-    deadline = time.time() + 600
-    while not steps.exists() or len(steps.read_text().splitlines()) < 2:
-        assert time.time() < deadline, out.read_text() if out.exists() else "no output"
-        time.sleep(0.2)
+    job_id, run = queue_until_training(slurm_cluster, "sft.sbatch", ["seed=1"], results, out)
     signal_and_wait(slurm_cluster, job_id, "USR2", out, timeout_s=600)
     text = out.read_text()
     stopped = re.search(r"requeue signal: stopping at step (\d+) of", text)
     assert stopped and "requeueing job" in text, text[-3000:]
     assert f"resuming from {run / 'checkpoints' / ('checkpoint-' + stopped[1])}" in text
     assert (run / "DONE").exists()
+
+
+@pytest.mark.slow
+def test_the_pipeline_wrapper_lets_training_save_the_step_in_progress_before_it_requeues(
+        slurm_cluster, tmp_path):
+    """jobs/pipeline.sbatch's USR1 trap sends the job's own stage tasks (scontrol listpids) the
+    signal a stage saves at, waits for them, then requeues; the next run resumes from that step."""
+    results, out = tmp_path / "results", tmp_path / "job.out"
+    job_id, run = queue_until_training(slurm_cluster, "pipeline.sbatch",
+                                       ["variants=[sft]", "seeds=[1]", "eval.metrics=[mmlu]"],
+                                       results, out)
+    signal_and_wait(slurm_cluster, job_id, "USR1", out, timeout_s=900)
+    text = out.read_text()
+    saving = re.search(r"USR1 \(time limit near\): (\d+) stage task\(s\) save first", text)
+    assert saving and int(saving[1]) >= 1 and "requeueing job" in text, text[-3000:]
+    logs = "".join(p.read_text(errors="replace") for p in (results / "smoke").rglob("*.err"))
+    stopped = re.search(r"requeue signal: stopping at step (\d+) of", logs)
+    assert stopped, logs[-3000:]
+    assert f"resuming from {run / 'checkpoints' / ('checkpoint-' + stopped[1])}" in logs
+    assert (run / "DONE").exists() and (results / "smoke" / "table.csv").exists()
