@@ -12,10 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 from collections.abc import Iterator
 
+from empo.errors import ConfigError
+
 NAMES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def requeue_signal() -> signal.Signals:
+    """The signal a job is told to save and requeue with: submitit's (`--signal=USR2@<lead>`;
+    SUBMITIT_PREEMPT_SIGNAL changes it), read from submitit; what a training stage saves at and
+    what the plain-sbatch wrappers pass on."""
+    from submitit import JobEnvironment
+
+    try:
+        return signal.Signals["SIG" + JobEnvironment.USR_SIG]
+    except KeyError:
+        raise ConfigError(f"SUBMITIT_PREEMPT_SIGNAL={JobEnvironment.USR_SIG!r}: not a signal "
+                          "name (e.g. USR2)") from None
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from empo.config import ExperimentConfig, load_config, read_experiment
+from empo.distributed import requeue_signal
 from empo.errors import LaunchError
 from empo.hub import hub_environment
 from empo.joblog import ONE_LOG, one_log
@@ -312,9 +313,7 @@ def run_passing_on_requeue(argv: list[str], env: dict[str, str]) -> tuple[int, b
     """Run the job's launch command; the training wrappers' `--signal=B:USR2@<lead>` reaches this
     process (the batch step), which passes it on as the signal a training stage saves at (srun
     hands it to every task). Returns (exit status, whether it was signalled)."""
-    from submitit import JobEnvironment  # the trainer's signal: submitit's (empo.train.preemption)
-
-    to_stage = signal.Signals["SIG" + JobEnvironment.USR_SIG]
+    to_stage = requeue_signal()
     proc = subprocess.Popen(argv, env=env)
     signalled = False
 

@@ -19,15 +19,13 @@ import time
 from typing import Any
 
 import torch
-from submitit import JobEnvironment
 from transformers import TrainerCallback
 
+from empo.distributed import requeue_signal
 from empo.errors import TrainError
 
 log = logging.getLogger(__name__)
 
-# the signal submitit asks SLURM for (--signal=USR2@<lead>; SUBMITIT_PREEMPT_SIGNAL changes it)
-REQUEUE_SIGNAL = signal.Signals["SIG" + JobEnvironment.USR_SIG]
 REQUEUE_WAIT_S = 120              # a rank other than 0: rank 0's requeue ends it well before this
 
 
@@ -39,6 +37,7 @@ class SaveAtSignal(TrainerCallback):
         self.accelerator = accelerator
         self.signalled = False
         self.stopped_at: int | None = None
+        self.signal = requeue_signal()
         self.previous: Any = signal.SIG_DFL
         self.installed = False
 
@@ -46,13 +45,13 @@ class SaveAtSignal(TrainerCallback):
         """Take the signal over (only the main thread may: elsewhere the signal keeps its
         handler)."""
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(REQUEUE_SIGNAL)
-            signal.signal(REQUEUE_SIGNAL, self._note)
+            self.previous = signal.getsignal(self.signal)
+            signal.signal(self.signal, self._note)
             self.installed = True
 
     def uninstall(self) -> None:
         if self.installed:
-            signal.signal(REQUEUE_SIGNAL, self.previous)
+            signal.signal(self.signal, self.previous)
             self.installed = False
 
     def _note(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - a signal handler's signature
@@ -82,11 +81,11 @@ class SaveAtSignal(TrainerCallback):
         self.uninstall()
         previous = self.previous
         if callable(previous):
-            previous(REQUEUE_SIGNAL, None)  # submitit: rank 0 requeues and exits; others return
+            previous(self.signal, None)  # submitit: rank 0 requeues and exits; others return
             if self.accelerator.process_index != 0:
                 time.sleep(REQUEUE_WAIT_S)  # the requeue ends this task
         elif previous == signal.SIG_DFL:
-            os.kill(os.getpid(), REQUEUE_SIGNAL)
+            os.kill(os.getpid(), self.signal)
             time.sleep(REQUEUE_WAIT_S)
         raise TrainError(f"stopped at the requeue signal with a checkpoint of step "
                          f"{self.stopped_at}, and nothing requeued the job; run the stage again "

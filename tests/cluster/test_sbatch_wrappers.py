@@ -177,6 +177,16 @@ def test_dry_run_prints_the_empo_command(wrapper, args, expected):
     assert dry_command(dry_run(wrapper, *args)) == ["empo", *expected]
 
 
+def test_a_bad_requeue_signal_name_stops_the_job_before_its_stage_starts(tmp_path):
+    started = tmp_path / "started"
+    done = dry_run("sft", SMOKE, "seed=1", f"results_dir={tmp_path / 'results'}",
+                   EMPO_DRY_RUN="", EMPO_BIN=f"touch {started}", SUBMITIT_PREEMPT_SIGNAL="BOGUS")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "empo: error: SUBMITIT_PREEMPT_SIGNAL='BOGUS': not a signal name (e.g. USR2)")
+    assert not started.exists() and not (tmp_path / "results").exists()
+
+
 def test_without_empo_bin_the_job_runs_this_python_on_the_package():
     words = dry_command(dry_run("dpo", SMOKE, "seed=1", EMPO_BIN=""))
     assert words[:3] == [str(Path(BIN) / "python3"), "-m", "empo.cli"] or \
