@@ -3,7 +3,6 @@ runners the `empo eval` commands share with them. Each stage skips when its DONE
 exists, merges its keys into run_dir/metrics.json, then marks itself done."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from empo.evaluate.epitome_layout import DIGESTS_FILE, checkpoint_digests
 from empo.evaluate.generate import GenerationSettings, generate_predictions, load_generator
 from empo.evaluate.mmlu import run_mmlu
 from empo.evaluate.vllm_backend import generate_vllm, require_vllm
+from empo.reader import read_json
 from empo.store import atomic_write_json, atomic_write_jsonl, is_done, mark_done, merge_json
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def eval_examples(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
 def _stored(run_dir: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     path = run_dir / METRICS
-    current = json.loads(path.read_text()) if path.exists() else {}
+    current = read_json(path) if path.exists() else {}
     return {k: current[k] for k in keys if k in current}
 
 
